@@ -1,0 +1,25 @@
+# Two entry points, each sets up the virtualenv on first use:
+#   make quickstart   pretrain a tiny OpenVision 2 on the built-in scenes and report
+#   make test         run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= distributed,data,bench,dev
+
+.PHONY: quickstart test lint setup
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+quickstart: setup
+	$(VENV)/bin/ov2 quickstart
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check ov2_plugin tests bench

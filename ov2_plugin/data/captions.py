@@ -1,0 +1,52 @@
+"""Image-caption datasets for pretraining and the collator that turns captions into labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerFast
+
+from .scenes import make_scene
+
+
+class SceneCaptions(Dataset):
+    """``num_samples`` built-in scenes of stream ``seed``, rendered at ``image_size``.
+
+    Held-out sets use another seed, so they share no scene with training.
+    """
+
+    def __init__(self, num_samples: int, image_size: int, transform: Callable, seed: int = 0) -> None:
+        self.num_samples, self.image_size, self.transform, self.seed = num_samples, image_size, transform, seed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, index: int) -> dict:
+        scene = make_scene(self.seed, index)
+        return {"pixel_values": self.transform(scene.render(self.image_size)), "caption": scene.caption}
+
+
+@dataclass
+class CaptionCollator:
+    """Stacks images and tokenizes captions: ``[bos] caption [eos]``, right-padded with 0.
+
+    Pads to the longest caption in the batch (never beyond the tokenizer's 128), so short
+    captions do not pay for 128 positions; labels are the ids with -100 on padding.
+    """
+
+    tokenizer: PreTrainedTokenizerFast
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(
+            [b["caption"] for b in batch], padding=True, truncation=True, return_tensors="pt"
+        )
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        return {
+            "pixel_values": torch.stack([b["pixel_values"] for b in batch]),
+            "input_ids": enc.input_ids,
+            "attention_mask": enc.attention_mask,
+            "labels": labels,
+        }

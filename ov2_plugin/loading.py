@@ -1,0 +1,65 @@
+"""Loading checkpoints and images at the boundary where user input enters, with errors that
+say what is wrong and how to fix it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from .configuration import Ov2Config, Ov2VisionConfig
+from .modeling_captioner import Ov2ForCaptioning
+from .modeling_vision import Ov2VisionModel
+
+
+def checkpoint_model_type(path: str | Path) -> str:
+    """The ``model_type`` in ``path/config.json``; a clear error when the folder is not a checkpoint."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"Model folder {str(path)!r} does not exist; pass the output_dir of 'ov2 pretrain' or 'ov2 convert'.")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} has no config.json; it is not a Hugging Face checkpoint. "
+            "Official OpenVision releases must be converted first: ov2 convert SRC DST."
+        )
+    try:
+        return json.loads(config_file.read_text()).get("model_type", "")
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_file} is not valid JSON ({err}); the checkpoint is damaged.") from err
+
+
+def load_captioner(path: str | Path, **kwargs) -> Ov2ForCaptioning:
+    model_type = checkpoint_model_type(path)
+    if model_type != Ov2Config.model_type:
+        raise ValueError(
+            f"{str(path)!r} holds a {model_type!r} checkpoint, not an OpenVision 2 captioner "
+            f"({Ov2Config.model_type!r}); captions need the folder written by 'ov2 pretrain'."
+        )
+    return Ov2ForCaptioning.from_pretrained(path, **kwargs)
+
+
+def load_vision_model(path: str | Path, **kwargs) -> Ov2VisionModel:
+    """The encoder from a vision-only folder or from a whole captioner folder."""
+    model_type = checkpoint_model_type(path)
+    if model_type == Ov2VisionConfig.model_type:
+        return Ov2VisionModel.from_pretrained(path, **kwargs)
+    if model_type == Ov2Config.model_type:
+        return Ov2ForCaptioning.from_pretrained(path, **kwargs).vision_model
+    raise ValueError(
+        f"{str(path)!r} holds a {model_type!r} checkpoint, not an OpenVision 2 encoder "
+        f"({Ov2VisionConfig.model_type!r} or {Ov2Config.model_type!r}); "
+        "convert other weights with 'ov2 convert'."
+    )
+
+
+def load_image(path: str | Path) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Image {str(path)!r} does not exist; check the path.")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"Image {str(path)!r} cannot be read ({err.__class__.__name__}); it is corrupt or not an image.") from err

@@ -1,0 +1,178 @@
+"""The OpenVision 2 vision encoder: a plain ViT, as a Hugging Face ``PreTrainedModel``.
+
+Shape of the forward pass (B batch, N patches, D width):
+pixels [B, 3, H, W] -> patch conv (no bias) [B, N, D] + sin-cos table -> CLS first [B, 1+N, D]
+-> pre-LN blocks -> ``last_hidden_state`` (not normed; the captioner reads its patch tokens)
+-> ``pooler_output`` = LayerNorm(mean of patch tokens).
+There is no LayerNorm before the first block, as in the release.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+from .configuration import Ov2Config, Ov2DecoderConfig, Ov2VisionConfig
+
+
+@functools.lru_cache(maxsize=16)
+def sincos_2d_table(grid_h: int, grid_w: int, width: int, temperature: float = 10000.0) -> torch.Tensor:
+    """big_vision's fixed 2-D sin-cos table [grid_h*grid_w, width], row-major over the grid.
+
+    Computed rather than stored so that any resolution works without weight surgery.
+    """
+    y, x = torch.meshgrid(torch.arange(grid_h, dtype=torch.float32), torch.arange(grid_w, dtype=torch.float32), indexing="ij")
+    quarter = width // 4
+    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32) / (quarter - 1))
+    x = x.flatten()[:, None] * omega[None, :]
+    y = y.flatten()[:, None] * omega[None, :]
+    return torch.cat([x.sin(), x.cos(), y.sin(), y.cos()], dim=1)
+
+
+class Ov2Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection, computed by SDPA."""
+
+    def __init__(self, hidden_size: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.head_dim = hidden_size // num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, t, d = x.shape
+        qkv = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each [B, heads, T, head_dim]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # scale head_dim^-0.5
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
+
+
+class Ov2MLP(nn.Module):
+    def __init__(self, hidden_size: int, intermediate_size: int, act: str) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.act = ACT2FN[act]
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Ov2Block(GradientCheckpointingLayer):
+    """Pre-LN transformer block, shared by the encoder and the caption decoder."""
+
+    def __init__(self, config: Ov2VisionConfig | Ov2DecoderConfig) -> None:
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = Ov2Attention(config.hidden_size, config.num_attention_heads)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = Ov2MLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), attn_mask)
+        return x + self.mlp(self.layer_norm2(x))
+
+
+class Ov2PreTrainedModel(PreTrainedModel):
+    """Shared base: weight init, SDPA and gradient-checkpointing flags for the whole family."""
+
+    config_class = Ov2Config
+    base_model_prefix = "ov2"
+    main_input_name = "pixel_values"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["Ov2Block"]
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = getattr(self.config, "initializer_range", None)
+        if std is None:
+            std = self.config.vision_config.initializer_range
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, Ov2VisionEmbeddings):
+            nn.init.normal_(module.class_embedding, std=std)
+
+
+class Ov2VisionEmbeddings(nn.Module):
+    def __init__(self, config: Ov2VisionConfig) -> None:
+        super().__init__()
+        self.patch_size = config.patch_size
+        self.patch_embedding = nn.Conv2d(config.num_channels, config.hidden_size, config.patch_size, config.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(config.hidden_size))
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        h, w = pixel_values.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(
+                f"Image size {h}x{w} is not divisible by the patch size {self.patch_size}; "
+                f"resize to a multiple of {self.patch_size} (the image processor does this)."
+            )
+        x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # [B, D, gh, gw]
+        gh, gw = x.shape[-2:]
+        x = x.flatten(2).transpose(1, 2)  # [B, N, D]
+        x = x + sincos_2d_table(gh, gw, x.shape[-1]).to(x.device, x.dtype)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # the CLS position is a zero row
+        return torch.cat([cls, x], dim=1)  # [B, 1+N, D]
+
+
+class Ov2VisionModel(Ov2PreTrainedModel):
+    """The encoder alone: what LLaVA-style pipelines use as their vision tower."""
+
+    config_class = Ov2VisionConfig
+    base_model_prefix = "vision_model"
+
+    def __init__(self, config: Ov2VisionConfig) -> None:
+        super().__init__(config)
+        self.embeddings = Ov2VisionEmbeddings(config)
+        self.layers = nn.ModuleList([Ov2Block(config) for _ in range(config.num_hidden_layers)])
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embedding
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        output_hidden_states: bool | int | list[int] | None = None,
+        return_dict: bool | None = None,
+        **kwargs: Any,
+    ) -> BaseModelOutputWithPooling | tuple:
+        """Encode images.
+
+        ``output_hidden_states`` may be a bool or, as transformers' LLaVA passes it, a layer
+        index or a list of them; any value other than None/False returns all of them, the
+        embedding output first, so ``hidden_states[-2]`` means what it means for CLIP.
+        """
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        want_hidden = output_hidden_states is not None and output_hidden_states is not False
+        x = self.embeddings(pixel_values)
+        hidden_states = [x] if want_hidden else None
+        for layer in self.layers:
+            x = layer(x)
+            if want_hidden:
+                hidden_states.append(x)
+        pooled = self.post_layernorm(x[:, 1:].mean(dim=1))
+        out = BaseModelOutputWithPooling(
+            last_hidden_state=x, pooler_output=pooled, hidden_states=tuple(hidden_states) if want_hidden else None
+        )
+        if return_dict is False:
+            return out.to_tuple()
+        return out
