@@ -1,0 +1,261 @@
+"""Assemble a Hugging Face ``LlavaForConditionalGeneration`` whose vision tower is OpenVision 2.
+
+The result is a plain HF LLaVA folder: ``LlavaForConditionalGeneration.from_pretrained`` and
+``AutoProcessor.from_pretrained`` load it in any process that has run ``import ov2_plugin``
+(which registers the ``openvision2_vision`` config with transformers' Auto classes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    PretrainedConfig,
+    PreTrainedTokenizerBase,
+)
+
+from ..image_processing import make_image_processor
+from ..loading import load_vision_model
+from ..modeling_vision import Ov2VisionModel
+
+IMAGE_TOKEN = "<image>"
+PROJECTORS = {"mlp2x_gelu": "gelu"}  # LLaVA-1.5's projector: Linear -> GELU -> Linear (HF's LlavaMultiModalProjector)
+SELECT_STRATEGIES = ("default", "full")  # default drops CLS, as LLaVA's "patch"; full keeps it ("cls_patch")
+
+# Vicuna-v1 style turns, as LLaVA-1.5 ("USER: <image>\n... ASSISTANT: ...</s>"). Content may be a
+# string or HF's list of {"type": "image"|"text"} items.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] if message['content'] is string else message['content'][0]['text'] }} "
+    "{% else %}"
+    "{{ 'USER: ' if message['role'] == 'user' else 'ASSISTANT: ' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{{ ' ' if message['role'] == 'user' else eos_token }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+
+def num_image_tokens(vision_config, strategy: str = "default") -> int:
+    """How many ``<image>`` placeholders one image becomes: patches (+ CLS with the 'full' strategy)."""
+    n = (vision_config.image_size // vision_config.patch_size) ** 2
+    return n + (1 if strategy == "full" else 0)
+
+
+def _check_options(projector: str, strategy: str, vision_feature_layer, num_layers: int) -> None:
+    if projector not in PROJECTORS:
+        raise ValueError(
+            f"Unknown projector {projector!r}; HF LLaVA supports {sorted(PROJECTORS)} (LLaVA-1.5 uses mlp2x_gelu)."
+        )
+    if strategy not in SELECT_STRATEGIES:
+        raise ValueError(
+            f"Unknown vision_feature_select_strategy {strategy!r}; use 'default' (patch tokens) or 'full' (CLS + patches)."
+        )
+    layers = vision_feature_layer if isinstance(vision_feature_layer, list) else [vision_feature_layer]
+    for layer in layers:
+        if not -(num_layers + 1) <= layer <= num_layers:
+            raise ValueError(
+                f"vision_feature_layer {layer} is outside the tower's hidden states (embeddings + {num_layers} layers); "
+                f"use -1 (last) or -2 (second to last, as LLaVA-1.5)."
+            )
+
+
+def _load_language_model(language_model, tokenizer, dtype):
+    """A causal LM (weights from a folder, or random from a config) and its tokenizer."""
+    if isinstance(language_model, (PretrainedConfig, dict)):
+        config = (
+            language_model if isinstance(language_model, PretrainedConfig) else AutoConfig.for_model(**language_model)
+        )
+        if tokenizer is None:
+            raise ValueError(
+                "A language model given as a config has no tokenizer; pass tokenizer= (a folder or a tokenizer object)."
+            )
+        return AutoModelForCausalLM.from_config(config, dtype=dtype), tokenizer
+    path = Path(language_model)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"Language model folder {str(path)!r} has no config.json; pass a Hugging Face causal LM folder (Llama, Qwen2, ...)."
+        )
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    return lm, tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
+
+
+def _prepare_tokenizer(tokenizer) -> PreTrainedTokenizerBase:
+    if isinstance(tokenizer, (str, Path)):
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    if IMAGE_TOKEN not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
+    return tokenizer
+
+
+def _image_processor(vision_path: str | Path, vision_config):
+    """The image processor saved with the checkpoint (its resolution), else the release's preprocessing."""
+    if (Path(vision_path) / "preprocessor_config.json").is_file():
+        return AutoImageProcessor.from_pretrained(vision_path)
+    return make_image_processor(vision_config)
+
+
+def build_llava(
+    vision: str | Path | Ov2VisionModel,
+    language_model: str | Path | PretrainedConfig | dict,
+    tokenizer=None,
+    projector: str = "mlp2x_gelu",
+    vision_feature_layer: int | list[int] = -2,
+    vision_feature_select_strategy: str = "default",
+    image_processor=None,
+    dtype: torch.dtype | None = None,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """LLaVA with an OpenVision 2 tower, a fresh projector and the given language model.
+
+    ``vision``: an Ov2 folder (vision-only or the captioner written by ``ov2 pretrain``) or a
+    loaded ``Ov2VisionModel``. ``language_model``: a causal LM folder (weights + tokenizer) or
+    a config (random weights; then pass ``tokenizer``). The tokenizer gains ``<image>`` (and a
+    pad token if it has none); the processor expands ``<image>`` to exactly the number of
+    features the chosen layer/strategy yields.
+    """
+    tower = vision if isinstance(vision, Ov2VisionModel) else load_vision_model(vision)
+    vcfg = tower.config
+    _check_options(projector, vision_feature_select_strategy, vision_feature_layer, vcfg.num_hidden_layers)
+    if image_processor is None:
+        image_processor = (
+            make_image_processor(vcfg) if isinstance(vision, Ov2VisionModel) else _image_processor(vision, vcfg)
+        )
+    lm, tokenizer = _load_language_model(language_model, tokenizer, dtype)
+    tokenizer = _prepare_tokenizer(tokenizer)
+
+    config = LlavaConfig(
+        vision_config=vcfg.to_dict(),
+        text_config=lm.config.to_dict(),
+        image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=num_image_tokens(vcfg, vision_feature_select_strategy),
+        projector_hidden_act=PROJECTORS[projector],
+        vision_feature_layer=vision_feature_layer,
+        vision_feature_select_strategy=vision_feature_select_strategy,
+        multimodal_projector_bias=True,
+    )
+    config.text_config.pad_token_id = tokenizer.pad_token_id
+    model = LlavaForConditionalGeneration(config)
+    model.model.vision_tower.load_state_dict(tower.state_dict())
+    model.model.language_model.load_state_dict(lm.base_model.state_dict())
+    model.lm_head.load_state_dict(lm.get_output_embeddings().state_dict())
+    if len(tokenizer) > model.config.text_config.vocab_size:
+        model.resize_token_embeddings(len(tokenizer))
+    if dtype is not None:
+        model.to(dtype)
+    processor = make_processor(image_processor, tokenizer, vcfg, vision_feature_select_strategy)
+    return model, processor
+
+
+def make_processor(image_processor, tokenizer, vision_config, strategy: str = "default") -> LlavaProcessor:
+    """``LlavaProcessor`` counting CLS as the one extra token, so 'default' yields one placeholder per patch."""
+    return LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=vision_config.patch_size,
+        vision_feature_select_strategy=strategy,
+        chat_template=CHAT_TEMPLATE,
+        image_token=IMAGE_TOKEN,
+        num_additional_image_tokens=1,
+    )
+
+
+LOAD_HINT = (
+    "This folder is a LLaVA model with an OpenVision 2 vision tower: run `import ov2_plugin` before "
+    "`LlavaForConditionalGeneration.from_pretrained` (it registers the 'openvision2_vision' model type)."
+)
+
+
+def save_llava(model: LlavaForConditionalGeneration, processor: LlavaProcessor, output_dir: str | Path) -> Path:
+    """Save model + processor, and a README that says which import the folder needs."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "README.md").write_text(
+        f"# LLaVA + OpenVision 2\n\n{LOAD_HINT}\n\n```python\nimport ov2_plugin\n"
+        "from transformers import AutoProcessor, LlavaForConditionalGeneration\n"
+        "model = LlavaForConditionalGeneration.from_pretrained(path)\n"
+        "processor = AutoProcessor.from_pretrained(path)\n```\n"
+    )
+    return out
+
+
+def load_llava(path: str | Path, **kwargs) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+    """Load a folder written by ``save_llava`` / ``ov2 llava-train``, with a clear error when it is not one."""
+    from transformers import AutoProcessor
+
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} has no config.json; pass a folder written by 'ov2 llava-build' or 'ov2 llava-train'."
+        )
+    if json.loads(config_file.read_text()).get("model_type") != "llava":
+        raise ValueError(
+            f"{str(path)!r} is not a LLaVA checkpoint (model_type != 'llava'); build one with 'ov2 llava-build'."
+        )
+    return LlavaForConditionalGeneration.from_pretrained(path, **kwargs), AutoProcessor.from_pretrained(path)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="ov2 llava-build", description="Assemble an HF LLaVA with an OpenVision 2 vision tower."
+    )
+    p.add_argument("--vision_tower", required=True, help="OpenVision 2 folder (ov2 pretrain / ov2 convert output).")
+    p.add_argument("--language_model", required=True, help="HF causal LM folder (config, weights, tokenizer).")
+    p.add_argument("--output_dir", required=True)
+    p.add_argument("--projector", default="mlp2x_gelu", choices=sorted(PROJECTORS))
+    p.add_argument(
+        "--vision_feature_layer",
+        type=int,
+        nargs="+",
+        default=[-2],
+        help="-2 as LLaVA-1.5; several for a concatenation.",
+    )
+    p.add_argument("--vision_feature_select_strategy", default="default", choices=SELECT_STRATEGIES)
+    p.add_argument(
+        "--image_size", type=int, default=None, help="Preprocessing resolution (the checkpoint's by default)."
+    )
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    layer = args.vision_feature_layer[0] if len(args.vision_feature_layer) == 1 else args.vision_feature_layer
+    tower = load_vision_model(args.vision_tower)
+    if args.image_size:
+        tower.config.image_size = args.image_size
+        image_processor = make_image_processor(tower.config, args.image_size)
+    else:
+        image_processor = _image_processor(args.vision_tower, tower.config)
+    model, processor = build_llava(
+        tower,
+        args.language_model,
+        projector=args.projector,
+        vision_feature_layer=layer,
+        vision_feature_select_strategy=args.vision_feature_select_strategy,
+        image_processor=image_processor,
+        dtype=getattr(torch, args.dtype) if args.dtype else None,
+    )
+    out = save_llava(model, processor, args.output_dir)
+    print(
+        f"saved LLaVA ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
+        f"{model.config.image_seq_length} image tokens) to {out}"
+    )
