@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "quickstart": ("ov2_plugin.quickstart", "main", "pretrain a tiny OpenVision 2 on the built-in scenes and report"),
     "pretrain": ("ov2_plugin.pretrain", "main", "captioning-only pretraining (Trainer flags accepted)"),
     "caption": ("ov2_plugin.caption", "main", "caption images with a pretrained model"),
+    "convert": ("ov2_plugin.convert.cli", "main", "official OpenVision (2) / open_clip weights <-> ours; CLIP/SigLIP warm start"),
     "llava-build": ("ov2_plugin.llava.build", "main", "assemble an HF LLaVA with an OpenVision 2 vision tower"),
 }
 

@@ -4,6 +4,7 @@ say what is wrong and how to fix it."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -12,10 +13,36 @@ from .configuration import Ov2Config, Ov2VisionConfig
 from .modeling_captioner import Ov2ForCaptioning
 from .modeling_vision import Ov2VisionModel
 
+HUB_PREFIX = "hf-hub:"
+
+
+def resolve_model_path(name: str | Path) -> Path:
+    """A local folder for ``name``. ``hf-hub:org/name`` is looked up on disk only, never downloaded:
+    first ``$OV2_HUB_DIR/org/name`` (default ``~/.cache/ov2/hub/org/name``), then the Hugging Face
+    cache (what ``huggingface-cli download org/name`` fills on a machine with network)."""
+    text = str(name)
+    if not text.startswith(HUB_PREFIX):
+        return Path(name)
+    repo_id = text.removeprefix(HUB_PREFIX).strip("/")
+    local = Path(os.environ.get("OV2_HUB_DIR", Path.home() / ".cache" / "ov2" / "hub")) / repo_id
+    if local.is_dir():
+        return local
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except (LocalEntryNotFoundError, HFValidationError):
+        raise FileNotFoundError(
+            f"{text} is not available locally and nothing is downloaded here. Put the release files "
+            f"(e.g. open_clip_config.json + open_clip_pytorch_model.bin) in {local} (set OV2_HUB_DIR to use "
+            f"another root), or run 'huggingface-cli download {repo_id}' where there is network and copy the cache."
+        ) from None
+
 
 def checkpoint_model_type(path: str | Path) -> str:
     """The ``model_type`` in ``path/config.json``; a clear error when the folder is not a checkpoint."""
-    path = Path(path)
+    path = resolve_model_path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"Model folder {str(path)!r} does not exist; pass the output_dir of 'ov2 pretrain' or 'ov2 convert'.")
     config_file = path / "config.json"
@@ -31,6 +58,7 @@ def checkpoint_model_type(path: str | Path) -> str:
 
 
 def load_captioner(path: str | Path, **kwargs) -> Ov2ForCaptioning:
+    path = resolve_model_path(path)
     model_type = checkpoint_model_type(path)
     if model_type != Ov2Config.model_type:
         raise ValueError(
@@ -42,6 +70,7 @@ def load_captioner(path: str | Path, **kwargs) -> Ov2ForCaptioning:
 
 def load_vision_model(path: str | Path, **kwargs) -> Ov2VisionModel:
     """The encoder from a vision-only folder or from a whole captioner folder."""
+    path = resolve_model_path(path)
     model_type = checkpoint_model_type(path)
     if model_type == Ov2VisionConfig.model_type:
         return Ov2VisionModel.from_pretrained(path, **kwargs)
