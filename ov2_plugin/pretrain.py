@@ -1,29 +1,40 @@
 """Captioning-only pretraining of an OpenVision 2 encoder with the Hugging Face Trainer.
 
-The model computes its own loss, so the plain ``Trainer`` does the loop, AdamW, the cosine
-schedule, gradient accumulation, mixed precision, DDP/DeepSpeed and checkpointing; this file
-only chooses the release's defaults, builds the data and writes the final report.
+The model computes its own loss, so the ``Trainer`` does the loop, AdamW, the cosine
+schedule, gradient accumulation, mixed precision, DDP (``torchrun``) and DeepSpeed
+(``--deepspeed integration/deepspeed/zero2.json``); ``Ov2Trainer`` adds atomic checkpoints and
+a non-finite-loss stop. This file chooses the release's defaults, builds the data (built-in
+scenes, WebDataset shards, LLaVA JSON, an image folder), runs the resolution stages of a
+recipe one after the other and writes the final report.
 """
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments
 
+from .checkpointing import NonFiniteLossError, Ov2Trainer, newest_complete_checkpoint
 from .configuration import Ov2Config
+from .data.bad_samples import COUNTS_FOLDER, collect_bad_samples
 from .data.captions import CaptionCollator, SceneCaptions
-from .data.transforms import eval_transform
-from .evaluation.captioning import evaluate_captions
+from .data.transforms import eval_transform, train_transform
 from .image_processing import make_image_processor
 from .modeling_captioner import Ov2ForCaptioning
+from .recipes import Stage, load_recipe
 from .tokenization import build_caption_tokenizer
 
 logger = logging.getLogger(__name__)
+
+DATA_SOURCES = ("scenes", "webdataset", "json", "folder")
+STAGE_DONE = "stage_done.json"
 
 
 @dataclass
@@ -36,16 +47,43 @@ class ModelArguments:
 
 @dataclass
 class DataArguments:
-    data: str = field(default="scenes", metadata={"help": "'scenes': the built-in captioned scenes."})
+    data: str = field(default="scenes", metadata={"help": f"Data source: {', '.join(DATA_SOURCES)}."})
+    recipe: str | None = field(default=None, metadata={
+        "help": "A recipe (YAML/JSON file, or a built-in name such as 'smoke' or 'release-L14'): model, data, "
+                "optimiser and resolution stages. Its values replace the flags' defaults."})
     train_samples: int = field(default=20000, metadata={"help": "Scenes per epoch (built-in data)."})
     scene_seed: int = field(default=0, metadata={"help": "Seed of the training scene stream."})
     eval_samples: int = field(default=256, metadata={"help": "Held-out scenes for the final report (0: none)."})
     eval_seed: int = field(default=1, metadata={"help": "Seed of the held-out scene stream."})
+    train_shards: str | None = field(default=None, metadata={
+        "help": "webdataset: tar shards, e.g. 'data/{00000..01023}.tar' (several patterns joined by '::'; URLs work)."})
+    caption_field: str = field(default="txt", metadata={
+        "help": "webdataset: 'txt' (the .txt file) or 'json:KEY' (a key of the .json file, e.g. json:re_caption)."})
+    json_path: str | None = field(default=None, metadata={"help": "json: LLaVA-style .json/.jsonl caption file."})
+    image_root: str | None = field(default=None, metadata={"help": "json: folder the 'image' paths are relative to."})
+    caption_key: str | None = field(default=None, metadata={
+        "help": "json: record key holding the caption (default: caption, text, else the first gpt turn)."})
+    image_folder: str | None = field(default=None, metadata={"help": "folder: the image folder."})
+    captions_file: str | None = field(default=None, metadata={
+        "help": "folder: JSONL/CSV with file_name and caption columns (default: IMAGE_FOLDER/metadata.jsonl)."})
+    shuffle_buffer: int = field(default=1000, metadata={"help": "webdataset: samples mixed within each worker."})
+    augment: str = field(default="auto", metadata={
+        "help": "'inception' (random resized crop, colour jitter, grayscale), 'none' (squash resize), "
+                "'auto' (none for the built-in scenes, whose captions name colours and places; inception otherwise)."})
+    min_area: float = field(default=0.4, metadata={"help": "Random resized crop: smallest share of the image kept."})
+    color_jitter: float = field(default=0.4, metadata={"help": "Colour jitter strength (0: off)."})
+    grayscale_p: float = field(default=0.2, metadata={"help": "Probability of random grayscale (0: off)."})
+    max_bad_fraction: float = field(default=0.25, metadata={
+        "help": "Stop when more than this share of the samples read is broken (corrupt, unreadable, no caption)."})
 
 
 @dataclass
 class PretrainArguments(TrainingArguments):
-    """``TrainingArguments`` with the release's optimiser defaults (AdamW b2 0.95, wd 0.2, cosine)."""
+    """``TrainingArguments`` with the release's optimiser defaults (AdamW b2 0.95, wd 0.2, cosine).
+
+    ``--resume_from_checkpoint latest`` resumes from the newest complete checkpoint (and skips
+    finished resolution stages); a path resumes from that checkpoint.
+    """
 
     output_dir: str = field(default="runs/ov2-pretrain")
     learning_rate: float = 1e-3
@@ -64,24 +102,74 @@ class PretrainArguments(TrainingArguments):
 
 
 def build_model(args: ModelArguments) -> Ov2ForCaptioning:
+    """A new model from a preset, or ``init_from``'s weights; ``image_size`` sets the training resolution.
+
+    The position embedding is a sin-cos table computed for the input's grid, so a model
+    trained at one resolution runs at another with no weight change.
+    """
     if args.init_from:
-        return Ov2ForCaptioning.from_pretrained(args.init_from)
+        model = Ov2ForCaptioning.from_pretrained(args.init_from)
+        if args.image_size:
+            model.config.vision_config.image_size = args.image_size
+        return model
     overrides = {"image_size": args.image_size} if args.image_size else {}
     return Ov2ForCaptioning(Ov2Config.from_preset(args.preset, keep_ratio=args.keep_ratio, **overrides))
 
 
-def build_dataset(args: DataArguments, image_size: int):
-    if args.data != "scenes":
-        raise ValueError(f"Unknown data source {args.data!r}; use 'scenes' for the built-in captioned scenes.")
-    return SceneCaptions(args.train_samples, image_size, eval_transform(image_size), seed=args.scene_seed)
+def build_transform(args: DataArguments, image_size: int):
+    augment = args.augment if args.augment != "auto" else ("none" if args.data == "scenes" else "inception")
+    if augment == "none":
+        return eval_transform(image_size)
+    if augment == "inception":
+        return train_transform(image_size, args.min_area, args.color_jitter, args.grayscale_p)
+    raise ValueError(f"Unknown --augment {args.augment!r}; use auto, inception or none.")
 
 
-def write_report(trainer: Trainer, metrics: dict, out: Path) -> None:
-    """``report.json`` (metrics + loss history) and ``loss.png`` in the output folder."""
-    history = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    (out / "report.json").write_text(json.dumps({**metrics, "loss_history": history}, indent=2))
-    if not history:
-        return
+def build_dataset(args: DataArguments, image_size: int, train_args: TrainingArguments | None = None,
+                  report_dir: str | None = None):
+    """The training data at ``image_size``; streamed sources are split by rank (from ``train_args``)."""
+    transform = build_transform(args, image_size)
+    if args.data == "scenes":
+        return SceneCaptions(args.train_samples, image_size, transform, seed=args.scene_seed)
+    if args.data not in DATA_SOURCES:
+        raise ValueError(f"Unknown data source {args.data!r}; use one of {', '.join(DATA_SOURCES)}.")
+    common = dict(
+        rank=train_args.process_index if train_args else 0,
+        world_size=train_args.world_size if train_args else 1,
+        seed=(train_args.data_seed if train_args.data_seed is not None else train_args.seed) if train_args else 0,
+        report_dir=report_dir,
+        max_bad_fraction=args.max_bad_fraction,
+    )
+    if args.data == "webdataset":
+        from .data.webdataset_source import WebDatasetCaptions
+
+        if not args.train_shards:
+            raise ValueError("--data webdataset needs --train_shards, e.g. 'shards/{00000..00099}.tar'.")
+        return WebDatasetCaptions(args.train_shards, transform, caption_field=args.caption_field,
+                                  shuffle_buffer=args.shuffle_buffer, **common)
+    if args.data == "json":
+        from .data.json_source import JsonCaptions
+
+        if not args.json_path:
+            raise ValueError("--data json needs --json_path (a LLaVA-style .json or .jsonl) and usually --image_root.")
+        return JsonCaptions(args.json_path, args.image_root, transform, caption_key=args.caption_key, **common)
+    from .data.folder_source import FolderCaptions
+
+    if not args.image_folder:
+        raise ValueError("--data folder needs --image_folder (and --captions_file unless it holds metadata.jsonl).")
+    return FolderCaptions(args.image_folder, args.captions_file, transform, **common)
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """A short hash of the weights, to show in the report which weights a stage started from."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def plot_loss(history: list[tuple[int, float]], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -91,32 +179,138 @@ def write_report(trainer: Trainer, metrics: dict, out: Path) -> None:
     ax.plot(*zip(*history))
     ax.set(xlabel="step", ylabel="caption loss", title="OpenVision 2 pretraining", yscale="log")
     fig.tight_layout()
-    fig.savefig(out / "loss.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def run_pretraining(model_args: ModelArguments, data_args: DataArguments, train_args: PretrainArguments) -> dict:
-    """Train, save model + tokenizer + image processor to ``output_dir``, evaluate, report."""
-    model = build_model(model_args)
-    image_size = model.config.vision_config.image_size
-    tokenizer = build_caption_tokenizer(model.config.decoder_config.max_length)
-    trainer = Trainer(
+def write_report(trainer: Trainer | None, metrics: dict, out: Path, history: list | None = None) -> None:
+    """``report.json`` (metrics + loss history) and ``loss.png`` in the output folder."""
+    if history is None:
+        history = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h] if trainer else []
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps({**metrics, "loss_history": history}, indent=2))
+    if history:
+        plot_loss(history, out / "loss.png")
+
+
+def resolve_resume(value: str | None, run_dir: Path) -> str | None:
+    """``latest``/``true``: newest complete checkpoint in ``run_dir`` (None for a fresh start); a path: itself."""
+    if value is None or str(value).lower() in ("", "false", "none"):
+        return None
+    if str(value).lower() in ("latest", "true", "auto"):
+        return newest_complete_checkpoint(run_dir)
+    if not (Path(value) / "trainer_state.json").is_file():
+        raise FileNotFoundError(f"{value} is not a complete checkpoint folder; use --resume_from_checkpoint latest.")
+    return value
+
+
+def stage_arguments(train_args: PretrainArguments, stage: Stage, run_dir: Path) -> PretrainArguments:
+    """This stage's TrainingArguments: the run's, with the stage's overrides and step count."""
+    args = copy.copy(train_args)
+    args.output_dir = str(run_dir)
+    for key, value in stage.train.items():
+        setattr(args, key, value)
+    if stage.samples:
+        global_batch = args.per_device_train_batch_size * args.world_size * args.gradient_accumulation_steps
+        args.max_steps = max(1, math.ceil(stage.samples / global_batch))
+    return args
+
+
+def train_stage(model: Ov2ForCaptioning, stage: Stage, data_args: DataArguments, train_args: PretrainArguments,
+                tokenizer, run_dir: Path) -> tuple[Trainer, dict]:
+    """Train one resolution stage in ``run_dir`` (checkpoints, bad-sample counts, stage weights)."""
+    args = stage_arguments(train_args, stage, run_dir)
+    resume = resolve_resume(train_args.resume_from_checkpoint, run_dir)
+    if resume is None:  # a fresh start: forget counts of an earlier run in this folder (own rank's only)
+        for f in (run_dir / COUNTS_FOLDER).glob(f"*-rank{args.process_index}-*.json"):
+            f.unlink()
+    model.config.vision_config.image_size = stage.image_size
+    start = weights_fingerprint(model)
+    trainer = Ov2Trainer(
         model=model,
-        args=train_args,
-        train_dataset=build_dataset(data_args, image_size),
+        args=args,
+        train_dataset=build_dataset(data_args, stage.image_size, args, report_dir=str(run_dir)),
         data_collator=CaptionCollator(tokenizer),
     )
-    result = trainer.train(resume_from_checkpoint=train_args.resume_from_checkpoint)
-    metrics = {"train_loss": result.training_loss, "train_runtime_s": result.metrics.get("train_runtime")}
-    if trainer.is_world_process_zero():
-        out = Path(train_args.output_dir)
+    result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model(str(run_dir))  # every rank calls it: DeepSpeed gathers ZeRO-3 shards here
+    record = {
+        "name": stage.name, "image_size": stage.image_size, "steps": trainer.state.global_step,
+        "resumed_from": resume, "start_weights": start, "train_loss": result.training_loss,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "loss_history": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
+    }
+    return trainer, record
+
+
+def run_pretraining(model_args: ModelArguments, data_args: DataArguments, train_args: PretrainArguments) -> dict:
+    """Train every stage, save model + tokenizer + image processor to ``output_dir``, evaluate, report."""
+    model_args, data_args, train_args, stages = load_recipe(data_args.recipe, model_args, data_args, train_args)
+    out = Path(train_args.output_dir)
+    tokenizer = build_caption_tokenizer(build_model_config_max_length(model_args))
+    single = len(stages) == 1
+    init_from, records, trainer = model_args.init_from, [], None
+    for i, stage in enumerate(stages):
+        run_dir = out if single else out / f"stage{i + 1}-{stage.name}"
+        done = run_dir / STAGE_DONE
+        if not single and train_args.resume_from_checkpoint and done.is_file():
+            records.append(json.loads(done.read_text()) | {"skipped_as_done": True})
+            init_from = str(run_dir)
+            continue
+        model = build_model(replace(model_args, init_from=init_from, image_size=stage.image_size or model_args.image_size))
+        stage.image_size = model.config.vision_config.image_size
+        try:
+            trainer, record = train_stage(model, stage, data_args, train_args, tokenizer, run_dir)
+        except NonFiniteLossError as err:
+            if train_args.process_index == 0:
+                write_report(None, {"status": f"stopped: {err}", "stages": records,
+                                    "bad_samples": collect_bad_samples(run_dir)}, out, history=[])
+            raise
+        if trainer.is_world_process_zero():
+            record["bad_samples"] = collect_bad_samples(run_dir)
+            if not single:
+                done.write_text(json.dumps(record))
+        records.append(record)
+        init_from = str(run_dir)
+    return finish(trainer, records, data_args, train_args, tokenizer, out, single)
+
+
+def build_model_config_max_length(model_args: ModelArguments) -> int:
+    if model_args.init_from:
+        return Ov2Config.from_pretrained(model_args.init_from).decoder_config.max_length
+    return Ov2Config.from_preset(model_args.preset).decoder_config.max_length
+
+
+def finish(trainer: Trainer | None, records: list[dict], data_args: DataArguments, train_args: PretrainArguments,
+           tokenizer, out: Path, single: bool) -> dict:
+    """Rank 0 saves the final model folder, evaluates on held-out scenes and writes the report."""
+    last = records[-1]
+    metrics = {"train_loss": last["train_loss"], "train_runtime_s": last.get("train_runtime_s"), "status": "finished"}
+    if trainer is None or not trainer.is_world_process_zero():
+        return metrics
+    model = trainer.model if single and not train_args.deepspeed else None
+    if model is None:  # the last stage's saved weights (whole, even under ZeRO-3)
+        model = Ov2ForCaptioning.from_pretrained(str(out if single else out / f"stage{len(records)}-{last['name']}"))
+        if not single:
+            model.save_pretrained(out)
+    else:
         trainer.save_model(str(out))
-        tokenizer.save_pretrained(out)
-        make_image_processor(model.config.vision_config).save_pretrained(out)
-        if data_args.eval_samples:
-            metrics |= evaluate_captions(trainer.model, tokenizer, data_args.eval_samples, seed=data_args.eval_seed)
-        write_report(trainer, metrics, out)
-        logger.info("report: %s", json.dumps(metrics))
+    tokenizer.save_pretrained(out)
+    make_image_processor(model.config.vision_config).save_pretrained(out)
+    if data_args.data == "scenes" and data_args.eval_samples:
+        from .evaluation.captioning import evaluate_captions
+
+        metrics |= evaluate_captions(model, tokenizer, data_args.eval_samples, seed=data_args.eval_seed)
+    totals = [r.get("bad_samples") for r in records if r.get("bad_samples")]
+    if data_args.data != "scenes":
+        metrics["bad_samples"] = totals[0] if single and totals else {"per_stage": totals}
+    if not single:
+        metrics["stages"] = [{k: v for k, v in r.items() if k != "loss_history"} for r in records]
+    history = [(h[0], h[1]) for r in records for h in r["loss_history"]] if single else [
+        (sum(r["steps"] for r in records[:i]) + s, loss) for i, r in enumerate(records) for s, loss in r["loss_history"]
+    ]
+    write_report(None, metrics, out, history=history)
+    logger.info("report: %s", json.dumps({k: v for k, v in metrics.items() if k != "stages"}))
     return metrics
 
 
@@ -128,3 +322,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
 def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     return run_pretraining(*parse_args(argv))
+
+
+__all__ = ["DataArguments", "ModelArguments", "PretrainArguments", "build_dataset", "build_model", "main",
+           "run_pretraining"]

@@ -1,0 +1,148 @@
+"""The Trainer of ``ov2 pretrain``: the HF ``Trainer`` plus three guarantees a long run needs.
+
+1. Atomic checkpoints. ``Trainer`` writes ``checkpoint-N`` file by file in place, so a run
+   killed mid-save leaves a half folder that ``get_last_checkpoint`` happily picks. Here the
+   whole checkpoint is written under ``.staging/`` and renamed into place once every rank
+   has finished (a rename within one file system is atomic), so a ``checkpoint-N`` folder is
+   always complete and ``newest_complete_checkpoint`` can trust it.
+2. A non-finite loss stops the run before the optimizer applies it, on every rank at once,
+   with a message naming the last good checkpoint (which is therefore never overwritten by
+   NaN weights).
+3. Streamed (iterable) datasets are split across ranks by the dataset itself (by shard, see
+   ``data.sharding``); ``accelerate`` would otherwise wrap them so that every rank reads and
+   decodes the whole stream and keeps one slice of it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, IterableDataset
+from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+STAGING = ".staging"
+TRAINER_STATE = "trainer_state.json"  # written last by Trainer._save_checkpoint
+_CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+
+
+class NonFiniteLossError(ValueError):
+    """The loss became NaN or infinite; training stopped before the update."""
+
+
+def newest_complete_checkpoint(run_dir: str | os.PathLike) -> str | None:
+    """The highest-step ``checkpoint-N`` in ``run_dir`` holding a trainer state, or None.
+
+    Only folders renamed into place by ``Ov2Trainer`` (or complete Trainer checkpoints) qualify;
+    anything under ``.staging`` is an interrupted save and is ignored.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return None
+    steps = [
+        (int(m.group(1)), p) for p in run_dir.iterdir()
+        if (m := _CHECKPOINT.match(p.name)) and p.is_dir() and (p / TRAINER_STATE).is_file()
+    ]
+    return str(max(steps)[1]) if steps else None
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+class EpochDataLoader(DataLoader):
+    """A plain DataLoader whose ``set_epoch`` (called by the Trainer) reaches the dataset."""
+
+    def set_epoch(self, epoch: int) -> None:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+
+
+class Ov2Trainer(Trainer):
+    """``Trainer`` with atomic checkpoints, a non-finite-loss stop and rank-split streaming data."""
+
+    def get_train_dataloader(self) -> DataLoader:
+        if not isinstance(self.train_dataset, IterableDataset):
+            return super().get_train_dataloader()
+        workers = self.args.dataloader_num_workers
+        return EpochDataLoader(
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
+            prefetch_factor=self.args.dataloader_prefetch_factor if workers > 0 else None,
+        )
+
+    def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        bad = torch.tensor(0.0 if math.isfinite(loss.detach().float().item()) else 1.0, device=loss.device)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(bad)  # every rank stops together, or the others would hang in the next all-reduce
+        if bad.item() > 0:
+            last = newest_complete_checkpoint(self.args.output_dir)
+            raise NonFiniteLossError(
+                f"the training loss became non-finite ({loss.item()}) at step {self.state.global_step + 1}; "
+                f"stopped before applying it. Last good checkpoint: {last or 'none yet'}. "
+                "Lower --learning_rate, raise --warmup_steps, or use --bf16 instead of --fp16, then resume from it."
+            )
+        return loss
+
+    def _save_checkpoint(self, model, trial) -> None:
+        final_root = Path(self._get_output_dir(trial=trial))
+        staging_root = final_root / STAGING
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)  # leftovers of a save that was killed
+        _barrier()
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self._staging_dir = staging_root
+        try:
+            super()._save_checkpoint(model, trial)  # everything lands in .staging/checkpoint-N
+        finally:
+            self._staging_dir = None
+        _barrier()  # every rank has written its part (DeepSpeed shards, rng_state_{rank}.pth)
+        if self.args.should_save:
+            target = final_root / name
+            if target.exists():  # re-saving a step (e.g. after a resume): replace it whole
+                shutil.rmtree(target)
+            os.replace(staging_root / name, target)
+            _fsync_dir(final_root)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            self._rotate(final_root)
+        _barrier()
+
+    def _get_output_dir(self, trial) -> str:
+        staging = getattr(self, "_staging_dir", None)
+        return str(staging) if staging is not None else super()._get_output_dir(trial=trial)
+
+    def _rotate(self, run_dir: Path) -> None:
+        from transformers.trainer_utils import rotate_checkpoints
+
+        rotate_checkpoints(
+            output_dir=str(run_dir),
+            save_total_limit=self.args.save_total_limit,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            use_mtime=False,
+        )
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make the rename durable (POSIX: the directory entry lives in the parent's data)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
