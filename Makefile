@@ -11,6 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3.11 -m venv $(VENV) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	$(PY) -m pip install -q --no-deps llava-torch==1.2.2.post1  # the original LLaVA code; its pinned deps would downgrade transformers
 	touch $@
 
 setup: $(VENV)/.installed
