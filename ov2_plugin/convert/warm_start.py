@@ -44,7 +44,7 @@ class WarmStartReport:
     source_type: str
     copied: list[str] = field(default_factory=list)
     not_copied: dict[str, str] = field(default_factory=dict)  # our key -> reason (kept its fresh init)
-    source_unused: dict[str, str] = field(default_factory=dict)  # source key -> reason
+    source_unused: dict[str, str] = field(default_factory=dict)  # source key (no vision_model. prefix) -> reason
 
     def summary(self) -> str:
         lines = [f"warm start from {self.source_type} ({self.source}): copied {len(self.copied)} tensors"]
@@ -125,7 +125,9 @@ def warm_start_from_hf(src: str | Path, config: Ov2VisionConfig | None = None, *
     """
     folder = resolve_model_path(src)
     source_type, vision_cfg, state = _read_source(folder)
-    src_state = {k.removeprefix(PREFIX): v for k, v in state.items() if k.startswith(PREFIX)}
+    if any(k.startswith(PREFIX) for k in state):  # CLIPModel/SiglipModel, or older saves of the vision model
+        state = {k.removeprefix(PREFIX): v for k, v in state.items() if k.startswith(PREFIX)}
+    src_state = state  # transformers 5 saves CLIPVisionModel/SiglipVisionModel without the prefix
     config = config or config_from_source(vision_cfg, folder, **overrides)
     torch.manual_seed(0)
     model = Ov2VisionModel(config)
@@ -145,7 +147,7 @@ def warm_start_from_hf(src: str | Path, config: Ov2VisionConfig | None = None, *
         report.copied.append(key)
     model.load_state_dict(new_state)
     for key in sorted(set(src_state) - used):
-        report.source_unused[PREFIX + key] = _SOURCE_ONLY.get(key, "SigLIP's attention-pool head" if key.startswith("head.") else "no counterpart in our encoder")
+        report.source_unused[key] = _SOURCE_ONLY.get(key, "SigLIP's attention-pool head" if key.startswith("head.") else "no counterpart in our encoder")
     return model, report
 
 
