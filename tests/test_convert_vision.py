@@ -131,6 +131,24 @@ def test_converted_preprocessing_matches_open_clip_transform(tiny_converted):
     assert (diff > 1e-5).float().mean().item() < 0.01
 
 
+def test_open_clip_preprocessing_defaults_apply_when_the_release_names_none(tiny_release):
+    """A config without preprocess_cfg (open_clip's defaults: OpenAI mean/std, bicubic, shortest side + center crop)."""
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    from ov2_plugin.convert.open_clip_layout import vision_config_from_open_clip
+    from ov2_plugin.convert.release import release_image_processor
+
+    cfg, _, _ = tiny_release
+    config = vision_config_from_open_clip({"vision_cfg": cfg}, {})
+    ours = release_image_processor(config, {})
+    theirs = image_transform_v2(PreprocessCfg(size=TINY_SIZE), is_train=False)
+    image = make_scene(0, 3).render(80).crop((0, 0, 80, 60))
+    a, b = ours(image, return_tensors="pt")["pixel_values"][0], theirs(image)
+    assert a.shape == b.shape == (3, TINY_SIZE, TINY_SIZE)
+    assert (a - b).abs().max().item() <= 1 / 255 / 0.26 * 1.01  # at most one 8-bit level, as above
+    assert ((a - b).abs() > 1e-5).float().mean().item() < 0.01
+
+
 def test_openvision1_clip_release_converts_vision_tower_and_reports_text_tower(tiny_release, tmp_path):
     cfg, tower, _ = tiny_release
     state = {f"visual.{k}": v for k, v in tower_state(tower).items()}
