@@ -280,3 +280,27 @@ def test_cli_convert_reports_errors_as_one_line(tmp_path, capsys):
     (tmp_path / "src").mkdir()
     assert main(["convert", str(tmp_path / "src"), str(tmp_path / "out")]) == 2
     assert "ov2 convert: error: Do not know how to convert" in capsys.readouterr().err
+
+
+def test_cli_convert_and_reverse_round_trip(tiny_release, tmp_path, capsys):
+    from ov2_plugin.cli import main
+
+    _, _, folder = tiny_release
+    assert main(["convert", str(folder), str(tmp_path / "ours")]) == 0
+    assert "converted tensors: 76" in capsys.readouterr().out  # conv1, CLS, 6 x 12 block tensors, ln_post x 2
+    assert main(["convert", str(tmp_path / "ours"), str(tmp_path / "release"), "--reverse"]) == 0
+    a = load_state_dict_file(folder / "open_clip_pytorch_model.bin")
+    b = load_state_dict_file(tmp_path / "release" / "open_clip_pytorch_model.bin")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # release -> ours -> release, bit-identical
+
+
+def test_load_vision_model_accepts_hf_hub_name_of_converted_folder(tiny_converted, tmp_path, monkeypatch):
+    import shutil
+
+    from ov2_plugin.loading import load_vision_model
+
+    dst, _ = tiny_converted
+    shutil.copytree(dst, tmp_path / "hub" / "org" / "converted")
+    monkeypatch.setenv("OV2_HUB_DIR", str(tmp_path / "hub"))
+    model = load_vision_model("hf-hub:org/converted")
+    assert torch.equal(model.post_layernorm.weight, Ov2VisionModel.from_pretrained(dst).post_layernorm.weight)
