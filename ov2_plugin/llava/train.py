@@ -1,0 +1,229 @@
+"""``ov2 llava-train``: LLaVA-1.5's training stages for HF LLaVA with an OpenVision 2 tower.
+
+- stage 1, projector alignment (``--tune_mm_mlp_adapter``): captions, only the projector learns;
+- stage 2, instruction tuning: the language model (fully, or LoRA with ``--lora_enable``) and
+  the projector learn, the projector at its own ``--mm_projector_lr``;
+- downstream LoRA: the same stage 2 run started from any saved LLaVA folder.
+The tower is frozen unless ``--unfreeze_mm_vision_tower`` (then at ``--mm_vision_tower_lr``).
+Flags keep LLaVA's names so its launch scripts translate line by line. A plain HF ``Trainer``
+does the work; the subclass only builds the learning-rate groups.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser, Trainer, TrainingArguments
+
+from .build import build_llava, load_llava, save_llava
+from .data import ConversationCollator, LlavaConversations
+
+logger = logging.getLogger(__name__)
+
+LM_LINEAR = "q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
+PROJECTOR = "multi_modal_projector"
+TOWER = "vision_tower"
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A saved LLaVA folder to continue from (stage 2, downstream LoRA)."}
+    )
+    vision_tower: str | None = field(
+        default=None, metadata={"help": "OpenVision 2 folder, for a new model (also 'ov2:<folder>')."}
+    )
+    language_model: str | None = field(default=None, metadata={"help": "HF causal LM folder, for a new model."})
+    mm_projector_type: str = field(default="mlp2x_gelu")
+    mm_vision_select_layer: int = field(default=-2)
+    mm_vision_select_feature: str = field(default="patch", metadata={"help": "patch (drop CLS) or cls_patch."})
+    pretrain_mm_mlp_adapter: str | None = field(
+        default=None, metadata={"help": "projector.safetensors of a stage-1 run."}
+    )
+
+
+@dataclass
+class DataArguments:
+    data_path: str = field(default=None, metadata={"help": "LLaVA conversation JSON."})
+    image_folder: str | None = field(
+        default=None, metadata={"help": "Images are relative to this (default: the JSON's folder)."}
+    )
+    version: str = field(default="chat", metadata={"help": "plain (stage 1) or chat (USER:/ASSISTANT: turns)."})
+    image_aspect_ratio: str = field(default="square", metadata={"help": "'pad' pads to a square first, as LLaVA-1.5."})
+
+
+@dataclass
+class LlavaTrainingArguments(TrainingArguments):
+    output_dir: str = field(default="runs/llava")
+    model_max_length: int = field(default=2048)
+    tune_mm_mlp_adapter: bool = field(default=False, metadata={"help": "Stage 1: train the projector only."})
+    freeze_language_model: bool = field(default=False, metadata={"help": "Train projector (+ tower if unfrozen) only."})
+    unfreeze_mm_vision_tower: bool = field(default=False)
+    mm_vision_tower_lr: float | None = field(default=None)
+    mm_projector_lr: float | None = field(default=None)
+    lora_enable: bool = field(default=False)
+    lora_r: int = field(default=128)
+    lora_alpha: int = field(default=256)
+    lora_dropout: float = field(default=0.05)
+    lora_target: str = field(
+        default=LM_LINEAR, metadata={"help": "'|'-joined module names, in the language model only."}
+    )
+    merge_lora: bool = field(
+        default=False, metadata={"help": "Also write the merged model (adapters are always saved alone)."}
+    )
+    report_to: str | None = field(default="none")
+    remove_unused_columns: bool = field(default=False)
+    logging_steps: float = field(default=10)
+    save_strategy: str = field(default="no")
+
+
+def load_or_build(m: ModelArguments, t: LlavaTrainingArguments):
+    """A saved LLaVA folder, or a new one from a tower and a language model."""
+    if m.model_name_or_path:
+        return load_llava(m.model_name_or_path)
+    if not (m.vision_tower and m.language_model):
+        raise ValueError("Pass --model_name_or_path (a LLaVA folder) or both --vision_tower and --language_model.")
+    tower = m.vision_tower.removeprefix("ov2:")
+    strategy = {"patch": "default", "cls_patch": "full"}.get(m.mm_vision_select_feature)
+    if strategy is None:
+        raise ValueError(f"--mm_vision_select_feature {m.mm_vision_select_feature!r}: use 'patch' or 'cls_patch'.")
+    model, processor = build_llava(
+        tower,
+        m.language_model,
+        projector=m.mm_projector_type,
+        vision_feature_layer=m.mm_vision_select_layer,
+        vision_feature_select_strategy=strategy,
+    )
+    if m.pretrain_mm_mlp_adapter:
+        from safetensors.torch import load_file
+
+        model.model.multi_modal_projector.load_state_dict(load_file(m.pretrain_mm_mlp_adapter))
+    return model, processor
+
+
+def set_trainable(model, t: LlavaTrainingArguments):
+    """Freeze per stage; with LoRA wrap the language model's linear layers (projector saved with the adapter)."""
+    model.requires_grad_(False)
+    getattr(model.model, PROJECTOR).requires_grad_(True)
+    if t.unfreeze_mm_vision_tower:
+        getattr(model.model, TOWER).requires_grad_(True)
+    if t.tune_mm_mlp_adapter or t.freeze_language_model:
+        return model
+    if not t.lora_enable:
+        model.model.language_model.requires_grad_(True)
+        model.lm_head.requires_grad_(True)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=t.lora_r,
+        lora_alpha=t.lora_alpha,
+        lora_dropout=t.lora_dropout,
+        target_modules=rf".*language_model.*\.({t.lora_target})",  # never the tower's or projector's layers
+        modules_to_save=[PROJECTOR] + ([TOWER] if t.unfreeze_mm_vision_tower else []),
+    )
+    return get_peft_model(model, config)
+
+
+class LlavaTrainer(Trainer):
+    """Trainer whose optimiser gives the projector and the tower their own learning rates."""
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None:
+            return self.optimizer
+        model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(model))
+        rates = {PROJECTOR: self.args.mm_projector_lr, TOWER: self.args.mm_vision_tower_lr}
+        groups: dict[tuple, list] = {}
+        for name, p in model.named_parameters():
+            if not p.requires_grad:
+                continue
+            part = next((k for k in rates if k in name and rates[k] is not None), None)
+            lr = rates[part] if part else self.args.learning_rate
+            groups.setdefault((lr, name in decay), []).append(p)
+        params = [
+            {"params": ps, "lr": lr, "weight_decay": self.args.weight_decay if wd else 0.0}
+            for (lr, wd), ps in groups.items()
+        ]
+        optim_cls, optim_kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, model)
+        optim_kwargs.pop("lr", None)
+        self.optimizer = optim_cls(params, lr=self.args.learning_rate, **optim_kwargs)
+        return self.optimizer
+
+
+def save_outputs(model, processor, t: LlavaTrainingArguments) -> Path:
+    """LoRA: adapter (+ projector) alone in output_dir, merged model in output_dir/merged if asked.
+    Otherwise a complete LLaVA folder. Always projector.safetensors for a later stage."""
+    from safetensors.torch import save_file
+
+    out = Path(t.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if t.lora_enable:
+        model.save_pretrained(out)
+        processor.save_pretrained(out)
+        model = model.merge_and_unload()
+        if t.merge_lora:
+            save_llava(model, processor, out / "merged")
+    else:
+        save_llava(model, processor, out)
+    projector = getattr(model.model, PROJECTOR).state_dict()
+    save_file({k: v.contiguous() for k, v in projector.items()}, out / "projector.safetensors")
+    return out
+
+
+def run_training(m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments) -> dict:
+    model, processor = load_or_build(m, t)
+    if t.tune_mm_mlp_adapter and t.lora_enable:
+        raise ValueError("--tune_mm_mlp_adapter (stage 1) trains the projector only; drop --lora_enable.")
+    image_folder = d.image_folder or str(Path(d.data_path).parent)
+    dataset = LlavaConversations(
+        d.data_path,
+        image_folder,
+        processor,
+        model.config.image_seq_length,
+        template=d.version,
+        max_length=t.model_max_length,
+        pad_square=d.image_aspect_ratio == "pad",
+    )
+    if t.lora_enable and not m.model_name_or_path and t.process_index == 0:
+        # an adapter names its base folder; a freshly built base must exist on disk for it
+        base = save_llava(model, processor, Path(t.output_dir) / "base")
+        model.config._name_or_path = str(base.resolve())
+    model = set_trainable(model, t)
+    if t.gradient_checkpointing:
+        model.enable_input_require_grads()  # frozen embeddings must still pass gradients to checkpointed blocks
+    trainer = LlavaTrainer(
+        model=model, args=t, train_dataset=dataset, data_collator=ConversationCollator(processor.tokenizer.pad_token_id)
+    )
+    result = trainer.train(resume_from_checkpoint=t.resume_from_checkpoint)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    metrics = {
+        "train_loss": result.training_loss,
+        "train_runtime_s": result.metrics.get("train_runtime"),
+        "trainable_parameters": trainable,
+        "samples": len(dataset),
+    }
+    if trainer.is_world_process_zero():
+        out = save_outputs(trainer.model, processor, t)
+        history = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+        (out / "train_report.json").write_text(json.dumps({**metrics, "loss_history": history}, indent=2))
+    return metrics
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = HfArgumentParser((ModelArguments, DataArguments, LlavaTrainingArguments))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    m, d, t = parse_args(argv)
+    if not d.data_path:
+        raise ValueError(
+            "--data_path is required: a LLaVA conversation JSON (ov2_plugin.data.instructions writes built-in ones)."
+        )
+    return run_training(m, d, t)

@@ -1,0 +1,195 @@
+"""Hugging Face LLaVA with an OpenVision 2 tower: build, LoRA training, save, reload elsewhere."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import LlamaForCausalLM
+
+from ov2_plugin import Ov2VisionConfig, Ov2VisionModel, make_image_processor
+from ov2_plugin.data.instructions import QUESTION_TYPES, instruction_records, vocabulary, write_dataset
+from ov2_plugin.data.scenes import make_scene
+from ov2_plugin.llava import build_llava, build_word_tokenizer, tiny_llama_config
+from ov2_plugin.llava.train import main as train_main
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A tiny tower folder and a tiny Llama folder (weights + word tokenizer), saved once."""
+    root = tmp_path_factory.mktemp("llava-parts")
+    torch.manual_seed(0)
+    config = Ov2VisionConfig.from_preset("tiny", image_size=32, num_hidden_layers=2)
+    Ov2VisionModel(config).save_pretrained(root / "tower")
+    make_image_processor(config).save_pretrained(root / "tower")
+    tokenizer = build_word_tokenizer(vocabulary())
+    tokenizer.save_pretrained(root / "lm")
+    LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(root / "lm")
+    write_dataset(root / "data", "instructions", seed=0, num_scenes=12, image_size=32)
+    write_dataset(root / "data", "captions", seed=0, num_scenes=12, image_size=32)
+    return root
+
+
+@pytest.mark.parametrize("layer,strategy,expected", [(-2, "default", 16), (-1, "full", 17), ([-3, -1], "default", 16)])
+def test_image_token_count_matches_features(parts, layer, strategy, expected):
+    model, processor = build_llava(
+        parts / "tower", parts / "lm", vision_feature_layer=layer, vision_feature_select_strategy=strategy
+    )
+    assert model.config.image_seq_length == expected
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour are the circles?"}]}
+    ]
+    text = processor.apply_chat_template(messages, add_generation_prompt=True)
+    assert text == "USER: <image>\nwhat colour are the circles? ASSISTANT:"
+    inputs = processor(images=make_scene(1, 0).render(50), text=text, return_tensors="pt")
+    assert int((inputs.input_ids == model.config.image_token_index).sum()) == expected
+    assert inputs.pixel_values.shape == (1, 3, 32, 32)
+    out = model(**inputs)  # raises if feature and placeholder counts differ
+    assert out.logits.shape[1] == inputs.input_ids.shape[1]
+
+
+def test_build_rejects_bad_options_with_the_fix(parts):
+    with pytest.raises(ValueError, match="mlp2x_gelu"):
+        build_llava(parts / "tower", parts / "lm", projector="qformer")
+    with pytest.raises(ValueError, match="-2"):
+        build_llava(parts / "tower", parts / "lm", vision_feature_layer=7)
+    with pytest.raises(FileNotFoundError, match="causal LM folder"):
+        build_llava(parts / "tower", parts / "tower" / "nope")
+
+
+def test_instruction_data_is_deterministic_and_covers_every_type():
+    first, again = list(instruction_records(3, 40)), list(instruction_records(3, 40))
+    assert first == again and {r["question_type"] for r in first} == set(QUESTION_TYPES)
+    held_out = {r["image"] for r in instruction_records(4, 40)}
+    assert not held_out & {r["image"] for r in first}
+    tokenizer = build_word_tokenizer(vocabulary())
+    for r in first:
+        for turn in r["conversations"]:
+            assert tokenizer.unk_token_id not in tokenizer(turn["value"]).input_ids, turn["value"]
+
+
+GENERATE = """
+import json, sys, torch
+{imports}
+from PIL import Image
+from transformers import AutoProcessor, LlavaForConditionalGeneration
+path = sys.argv[1]
+model = LlavaForConditionalGeneration.from_pretrained(path).eval()
+processor = AutoProcessor.from_pretrained(path)
+text = processor.apply_chat_template([{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "how many circles are there?"}}]}}], add_generation_prompt=True)
+inputs = processor(images=Image.open(sys.argv[2]), text=text, return_tensors="pt")
+out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+print(json.dumps(out[0, inputs.input_ids.shape[1]:].tolist()))
+"""
+
+
+def generate_in_new_process(path, with_import=True):
+    """Greedy tokens from a process that imports only transformers (+ ``ov2_plugin`` if asked)."""
+    image = path / "probe.png"
+    make_scene(1, 3).render(32).save(image)
+    code = GENERATE.format(imports="import ov2_plugin" if with_import else "")
+    cmd = [sys.executable, "-c", code, str(path), str(image)]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
+
+
+def test_stage1_then_lora_changes_only_lora_and_projector_and_reloads_elsewhere(parts, tmp_path):
+    data = parts / "data"
+    common = ["--use_cpu", "true", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--seed", "0"]
+    train_main(
+        [
+            "--vision_tower",
+            f"ov2:{parts / 'tower'}",
+            "--language_model",
+            str(parts / "lm"),
+            "--data_path",
+            str(data / "captions_0.json"),
+            "--version",
+            "plain",
+            "--tune_mm_mlp_adapter",
+            "true",
+            "--output_dir",
+            str(tmp_path / "stage1"),
+            "--max_steps",
+            "2",
+            "--learning_rate",
+            "1e-3",
+            *common,
+        ]
+    )
+    before = load_file(tmp_path / "stage1" / "model.safetensors")
+    metrics = train_main(
+        [
+            "--model_name_or_path",
+            str(tmp_path / "stage1"),
+            "--data_path",
+            str(data / "instructions_0.json"),
+            "--lora_enable",
+            "true",
+            "--lora_r",
+            "8",
+            "--lora_alpha",
+            "16",
+            "--mm_projector_lr",
+            "1e-3",
+            "--output_dir",
+            str(tmp_path / "lora"),
+            "--max_steps",
+            "3",
+            "--learning_rate",
+            "1e-2",
+            "--merge_lora",
+            "true",
+            *common,
+        ]
+    )
+    assert metrics["train_loss"] > 0
+    adapter = load_file(tmp_path / "lora" / "adapter_model.safetensors")
+    lora_keys = [k for k in adapter if "lora_" in k]
+    assert lora_keys and all("language_model" in k for k in lora_keys)  # never the tower or the projector
+    assert {k for k in adapter if "lora_" not in k} and all(
+        "multi_modal_projector" in k for k in adapter if "lora_" not in k
+    )
+    assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["r"] == 8
+
+    after = load_file(tmp_path / "lora" / "merged" / "model.safetensors")
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert any("multi_modal_projector" in k for k in changed)
+    assert any(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+    for k in changed:  # merged LoRA moves only the adapted linear layers; tower, embeddings, norms, head untouched
+        assert "multi_modal_projector" in k or ("language_model" in k and k.endswith("_proj.weight")), k
+
+    # reload in fresh processes: the adapter folder (via its base) and the merged folder give the same tokens
+    tokens = []
+    for folder in (tmp_path / "lora", tmp_path / "lora" / "merged"):
+        run = generate_in_new_process(folder)
+        assert run.returncode == 0, run.stderr[-2000:]
+        tokens.append(json.loads(run.stdout.strip().splitlines()[-1]))
+    assert tokens[0] == tokens[1] and len(tokens[0]) >= 1
+
+    from ov2_plugin.llava import load_llava
+
+    model, processor = load_llava(tmp_path / "lora" / "merged")
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "how many circles are there?"}]}],
+        add_generation_prompt=True,
+    )
+    inputs = processor(images=make_scene(1, 3).render(32), text=text, return_tensors="pt")
+    here = model.generate(**inputs, max_new_tokens=4, do_sample=False)[0, inputs.input_ids.shape[1] :].tolist()
+    assert here == tokens[0]
+
+
+def test_reload_without_import_fails_and_folder_names_the_import(parts, tmp_path):
+    from ov2_plugin.llava import save_llava
+
+    model, processor = build_llava(parts / "tower", parts / "lm")
+    save_llava(model, processor, tmp_path / "llava")
+    run = generate_in_new_process(tmp_path / "llava", with_import=False)
+    assert run.returncode != 0
+    # transformers' own message names the unregistered type; the folder's README says what to import
+    assert "openvision2_vision" in run.stderr
+    assert "import ov2_plugin" in (tmp_path / "llava" / "README.md").read_text()
