@@ -19,6 +19,8 @@ from .warm_start import SUPPORTED, warm_start_to_folder
 def convert(src: str, dst: str, reverse: bool = False, use_safetensors: bool = False, **warm_overrides) -> str:
     """Run the conversion SRC's files call for and return the report's summary."""
     folder = resolve_model_path(src)
+    if warm_overrides and (reverse or (folder / OPEN_CLIP_CONFIG).is_file()):
+        raise ValueError("--image_size applies to warm starts only; a release keeps its own image size (our encoder runs at any multiple of the patch size).")
     if not folder.is_dir():
         raise FileNotFoundError(f"{src!r} is not a folder; pass a release folder, one of our checkpoints, or hf-hub:org/name.")
     if reverse:
