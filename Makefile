@@ -3,7 +3,7 @@
 #   make test         run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= distributed,data,bench,dev
+EXTRAS ?= distributed,data,bench,dev,eval
 
 .PHONY: quickstart test lint setup
 
