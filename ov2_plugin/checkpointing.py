@@ -68,6 +68,14 @@ class EpochDataLoader(DataLoader):
 class Ov2Trainer(Trainer):
     """``Trainer`` with atomic checkpoints, a non-finite-loss stop and rank-split streaming data."""
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # The captioner's forward takes **kwargs (HF convention) but returns its own per-batch
+        # mean and ignores ``num_items_in_batch``. Seeing **kwargs, the Trainer would pass that
+        # count and multiply the loss by the world size, so DDP/DeepSpeed runs would log (and
+        # clip) a loss world_size times too large. Honour an explicit declaration if the model has one.
+        self.model_accepts_loss_kwargs = bool(getattr(self.model, "accepts_loss_kwargs", False))
+
     def get_train_dataloader(self) -> DataLoader:
         if not isinstance(self.train_dataset, IterableDataset):
             return super().get_train_dataloader()

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 
 from .checkpointing import NonFiniteLossError, Ov2Trainer, newest_complete_checkpoint
 from .configuration import Ov2Config
@@ -257,6 +257,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, train_
             records.append(json.loads(done.read_text()) | {"skipped_as_done": True})
             init_from = str(run_dir)
             continue
+        set_seed(train_args.seed)  # the Trainer seeds only after the model exists; initial weights need it too
         model = build_model(replace(model_args, init_from=init_from, image_size=stage.image_size or model_args.image_size))
         stage.image_size = model.config.vision_config.image_size
         try:
@@ -286,15 +287,15 @@ def finish(trainer: Trainer | None, records: list[dict], data_args: DataArgument
     """Rank 0 saves the final model folder, evaluates on held-out scenes and writes the report."""
     last = records[-1]
     metrics = {"train_loss": last["train_loss"], "train_runtime_s": last.get("train_runtime_s"), "status": "finished"}
-    if trainer is None or not trainer.is_world_process_zero():
+    if train_args.process_index != 0:
         return metrics
-    model = trainer.model if single and not train_args.deepspeed else None
-    if model is None:  # the last stage's saved weights (whole, even under ZeRO-3)
+    if trainer is not None and single and not train_args.deepspeed:
+        model = trainer.model
+        trainer.save_model(str(out))
+    else:  # the last stage's saved weights (whole, even under ZeRO-3)
         model = Ov2ForCaptioning.from_pretrained(str(out if single else out / f"stage{len(records)}-{last['name']}"))
         if not single:
             model.save_pretrained(out)
-    else:
-        trainer.save_model(str(out))
     tokenizer.save_pretrained(out)
     make_image_processor(model.config.vision_config).save_pretrained(out)
     if data_args.data == "scenes" and data_args.eval_samples:
@@ -326,3 +327,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 __all__ = ["DataArguments", "ModelArguments", "PretrainArguments", "build_dataset", "build_model", "main",
            "run_pretraining"]
+
+
+if __name__ == "__main__":  # `torchrun -m ov2_plugin.pretrain ...` and `python -m ov2_plugin.pretrain ...`
+    main()

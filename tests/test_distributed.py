@@ -1,0 +1,85 @@
+"""One code path, three launches: 1 process, DDP (torchrun, gloo) and DeepSpeed ZeRO-2 (2 CPU processes).
+
+Each launch trains the tiny preset at 32 px for 3 steps on the same global batch of 8
+(1 x 8, or 2 x 4 with the sequential sampler, so the union of the two ranks' batches is the
+single process's batch). Token dropping is off (keep_ratio 1.0) because each rank draws its
+own random subset. What remains different: the single process averages the loss over all
+caption tokens of the 8 samples, the 2-process runs average each rank's mean; with captions of
+different lengths these differ slightly, hence the stated tolerance (0.5 % relative per step; measured: 0.03 %).
+
+Runs are judged by the report rank 0 wrote (losses per step, status), not by the exit code
+alone: DeepSpeed on the CPU sometimes aborts at interpreter exit after finishing
+("terminate called without an active exception", ~2 in 25 runs, see STACK.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("deepspeed")
+
+ROOT = Path(__file__).resolve().parents[1]
+# DeepSpeed compiles its shared-memory comm op on first use (~20 s); keep it between test runs.
+EXTENSIONS = str(Path(tempfile.gettempdir()) / "ov2-tests-torch-extensions")
+TOLERANCE = 0.005
+COMMON = [
+    "--image_size", "32", "--max_steps", "3", "--train_samples", "48", "--logging_steps", "1",
+    "--use_cpu", "true", "--eval_samples", "0", "--dataloader_num_workers", "0", "--seed", "0",
+    "--keep_ratio", "1.0", "--train_sampling_strategy", "sequential", "--save_strategy", "no",
+    "--learning_rate", "1e-3", "--warmup_steps", "0", "--report_to", "none",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(out: Path, nproc: int, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": EXTENSIONS}
+    batch = ["--per_device_train_batch_size", str(8 // nproc)]
+    args = ["-m", "ov2_plugin.pretrain", "--output_dir", str(out), *COMMON, *batch, *extra]
+    if nproc > 1:
+        args = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()), *args]
+    log = open(out.parent / f"{out.name}.log", "w")
+    return subprocess.Popen([sys.executable, *args], env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def losses(out: Path, proc: subprocess.Popen) -> list[float]:
+    """Per-step losses from rank 0's report; the exit code only matters when no complete report exists."""
+    proc.wait(timeout=400)
+    report = out / "report.json"
+    log = (out.parent / f"{out.name}.log").read_text()
+    assert report.is_file(), f"no report (exit code {proc.returncode}):\n{log[-3000:]}"
+    data = json.loads(report.read_text())
+    assert data["status"] == "finished" and [s for s, _ in data["loss_history"]] == [1, 2, 3], log[-3000:]
+    if proc.returncode != 0:
+        print(f"{out.name}: exit code {proc.returncode} after a complete report (known DeepSpeed exit abort)")
+    return [loss for _, loss in data["loss_history"]]
+
+
+def test_ddp_and_deepspeed_zero2_match_one_process_with_the_same_global_batch(tmp_path):
+    runs = {
+        "single": launch(tmp_path / "single", 1),
+        "ddp": launch(tmp_path / "ddp", 2),
+        "zero2": launch(tmp_path / "zero2", 2, "--deepspeed", str(ROOT / "integration/deepspeed/zero2.json")),
+    }
+    result = {name: losses(tmp_path / name, proc) for name, proc in runs.items()}
+    print(json.dumps(result))
+    reference = result["single"]
+    assert reference[-1] < reference[0]  # it trains
+    for name in ("ddp", "zero2"):
+        for step, (a, b) in enumerate(zip(reference, result[name]), 1):
+            assert abs(a - b) <= TOLERANCE * a, f"{name} step {step}: {b:.4f} vs one process {a:.4f}"
+    log = (tmp_path / "zero2.log").read_text()
+    assert "DeepSpeed" in log or "deepspeed" in log  # the engine really ran
