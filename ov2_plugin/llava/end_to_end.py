@@ -246,11 +246,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--output_dir", default="runs/llava-e2e")
     p.add_argument("--quick", action="store_true", help="Tiny smoke-test sizes (mechanics only).")
     p.add_argument("--bf16", default="true", help="bf16 autocast for the OV2 pretraining (faster on CPUs with bf16).")
+    p.add_argument("--reuse_pretrained", action="store_true", help="Keep OUTPUT_DIR/ov2 from an earlier run.")
     args = p.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     out = Path(args.output_dir)
     wall, t0 = {}, time.time()
-    pretrained = pretrain_tower(out / "ov2", cfg, args.bf16 == "true")
+    if args.reuse_pretrained and (out / "ov2" / "config.json").is_file():
+        pretrained = out / "ov2"
+    else:
+        pretrained = pretrain_tower(out / "ov2", cfg, args.bf16 == "true")
     control = random_tower(pretrained, out / "random_tower")
     lm = make_language_model(out / "lm", cfg)
     data = out / "data"
