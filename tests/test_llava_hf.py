@@ -193,3 +193,29 @@ def test_reload_without_import_fails_and_folder_names_the_import(parts, tmp_path
     # transformers' own message names the unregistered type; the folder's README says what to import
     assert "openvision2_vision" in run.stderr
     assert "import ov2_plugin" in (tmp_path / "llava" / "README.md").read_text()
+
+
+def test_optimizer_gives_projector_and_unfrozen_tower_their_own_learning_rates(parts, tmp_path):
+    from ov2_plugin.llava.train import LlavaTrainer, LlavaTrainingArguments, set_trainable
+
+    model, _ = build_llava(parts / "tower", parts / "lm")
+    args = LlavaTrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        learning_rate=1e-4,
+        mm_projector_lr=2e-5,
+        unfreeze_mm_vision_tower=True,
+        mm_vision_tower_lr=3e-6,
+        lora_enable=True,
+        lora_r=4,
+    )
+    model = set_trainable(model, args)
+    optimizer = LlavaTrainer(model=model, args=args).create_optimizer()
+    by_lr = {}
+    for group in optimizer.param_groups:
+        by_lr.setdefault(group["lr"], set()).update(id(p) for p in group["params"])
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert set(by_lr) == {1e-4, 2e-5, 3e-6}
+    assert all("multi_modal_projector" in names[i] for i in by_lr[2e-5])
+    assert all("vision_tower" in names[i] for i in by_lr[3e-6])
+    assert all("lora_" in names[i] for i in by_lr[1e-4])
