@@ -25,7 +25,7 @@ from .checkpointing import NonFiniteLossError, Ov2Trainer, newest_complete_check
 from .configuration import Ov2Config
 from .data.bad_samples import COUNTS_FOLDER, collect_bad_samples
 from .data.captions import CaptionCollator, SceneCaptions
-from .data.transforms import eval_transform, train_transform
+from .data.transforms import center_crop_transform, eval_transform, train_transform
 from .image_processing import make_image_processor
 from .modeling_captioner import Ov2ForCaptioning
 from .recipes import Stage, load_recipe
@@ -69,6 +69,7 @@ class DataArguments:
     shuffle_buffer: int = field(default=1000, metadata={"help": "webdataset: samples mixed within each worker."})
     augment: str = field(default="auto", metadata={
         "help": "'inception' (random resized crop, colour jitter, grayscale), 'none' (squash resize), "
+                "'center_crop' (resize the shorter side, centre square), "
                 "'auto' (none for the built-in scenes, whose captions name colours and places; inception otherwise)."})
     min_area: float = field(default=0.4, metadata={"help": "Random resized crop: smallest share of the image kept."})
     color_jitter: float = field(default=0.4, metadata={"help": "Colour jitter strength (0: off)."})
@@ -120,9 +121,11 @@ def build_transform(args: DataArguments, image_size: int):
     augment = args.augment if args.augment != "auto" else ("none" if args.data == "scenes" else "inception")
     if augment == "none":
         return eval_transform(image_size)
+    if augment == "center_crop":
+        return center_crop_transform(image_size)
     if augment == "inception":
         return train_transform(image_size, args.min_area, args.color_jitter, args.grayscale_p)
-    raise ValueError(f"Unknown --augment {args.augment!r}; use auto, inception or none.")
+    raise ValueError(f"Unknown --augment {args.augment!r}; use auto, inception, none or center_crop.")
 
 
 def build_dataset(args: DataArguments, image_size: int, train_args: TrainingArguments | None = None,

@@ -46,3 +46,16 @@ def train_transform(
     if grayscale_p > 0:
         ops.append(v2.RandomGrayscale(grayscale_p))
     return v2.Compose(ops + _to_normalized_tensor(mean, std))
+
+
+def center_crop_transform(image_size: int, resize_ratio: float = 1.0, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> v2.Compose:
+    """Resize the shorter side to ``image_size / resize_ratio`` and take the centre square.
+
+    The classic evaluation transform (ImageNet linear probes, zero-shot): keeps the aspect
+    ratio, unlike ``eval_transform``'s squash, at the cost of the image's borders.
+    """
+    return v2.Compose(
+        [v2.RGB(), v2.Resize(round(image_size / resize_ratio), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+         v2.CenterCrop(image_size)]
+        + _to_normalized_tensor(mean, std)
+    )
