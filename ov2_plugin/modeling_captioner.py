@@ -39,6 +39,66 @@ def drop_visual_tokens(tokens: torch.Tensor, keep_ratio: float, generator: torch
     return tokens.gather(1, index[..., None].expand(-1, -1, d))
 
 
+class _ChunkedHeadCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of ``hidden @ weight.T`` without ever holding the [M, V] logits.
+
+    Why our own: with a 30k vocabulary the head and its loss are a large share of a caption
+    step; the plain path keeps a full fp32 logits tensor (and its gradient) alive. Since the
+    loss is a scalar, its gradients can be computed chunk by chunk during the forward pass
+    (softmax minus one-hot, times the head), so backward only rescales them; the matmul
+    count stays the same (forward, grad of hidden, grad of weight) and peak memory is one
+    chunk of logits.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int) -> torch.Tensor:
+        rows = hidden.shape[0]
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, rows, chunk_rows):
+            h = hidden[start:start + chunk_rows]  # [c, E]
+            tgt = targets[start:start + chunk_rows, None]  # [c, 1]
+            logp = (h @ weight.t()).float().log_softmax(-1)  # [c, V]
+            total -= logp.gather(1, tgt).sum()
+            grad = logp.exp_()  # softmax
+            grad.scatter_add_(1, tgt, torch.full_like(tgt, -1, dtype=grad.dtype))
+            grad = grad.div_(max(rows, 1)).to(h.dtype)  # d(mean loss)/d(logits)
+            grad_hidden[start:start + chunk_rows] = grad @ weight
+            grad_weight += (grad.t() @ h).float()
+        ctx.save_for_backward(grad_hidden, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total / max(rows, 1)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_out.to(grad_hidden.dtype), (grad_weight * grad_out).to(ctx.weight_dtype), None, None
+
+
+def chunked_head_cross_entropy(
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 1024
+) -> torch.Tensor:
+    """Next-token cross-entropy of the head on ``hidden`` [B, T, E], no logits on ignored positions.
+
+    ``labels`` [B, T] are unshifted ids with -100 to ignore, as for ``Ov2ForCaptioning``. Under
+    autocast the matmuls run in the autocast dtype and the softmax in fp32, as the plain
+    ``lm_head`` + ``F.cross_entropy`` path does.
+    """
+    hidden, targets = hidden[:, :-1], labels[:, 1:]
+    if hidden.device.type == "meta":  # no values to select on (FLOP counting): keep every position
+        hidden, targets = hidden.flatten(0, 1), targets.flatten().clamp(min=0)
+    else:
+        valid = targets != -100
+        hidden, targets = hidden[valid], targets[valid]  # [M, E], [M]
+    device = hidden.device.type
+    if device == "meta":  # autocast knows no meta device; the count is the same in any dtype
+        return _ChunkedHeadCrossEntropy.apply(hidden, weight, targets, chunk_rows)
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+    with torch.autocast(device, enabled=False):
+        return _ChunkedHeadCrossEntropy.apply(hidden.to(dtype), weight.to(dtype), targets, chunk_rows)
+
+
 def prefix_lm_mask(num_image: int, num_text: int, device: torch.device) -> torch.Tensor:
     """Boolean [K+T, K+T] mask, True = may attend: all see the image, text is causal, image never sees text."""
     total = num_image + num_text
@@ -70,6 +130,10 @@ class Ov2CaptionDecoder(nn.Module):
     def forward(self, image_tokens: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return self.lm_head(self.hidden(image_tokens, input_ids))
 
+    def loss(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token loss over positions whose label is not -100, without full logits."""
+        return chunked_head_cross_entropy(self.hidden(image_tokens, input_ids), self.lm_head.weight, labels)
+
 
 class Ov2ForCaptioning(Ov2PreTrainedModel):
     """Image -> caption pretraining model; its ``vision_model`` is the encoder users keep."""
@@ -77,6 +141,9 @@ class Ov2ForCaptioning(Ov2PreTrainedModel):
     config_class = Ov2Config
     base_model_prefix = "ov2"
     _no_split_modules = ["Ov2Block"]
+    # Training with labels uses the chunked head + loss (no [B, T, V] logits); set False for
+    # the plain lm_head + F.cross_entropy path (same loss and gradients, more memory and time).
+    fused_head_loss: bool = True
 
     def __init__(self, config: Ov2Config) -> None:
         super().__init__(config)
@@ -97,19 +164,27 @@ class Ov2ForCaptioning(Ov2PreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        return_logits: bool | None = None,
         **kwargs,
     ) -> Ov2CaptioningOutput:
         """Logits for every text position; with ``labels`` also the loss.
 
         ``labels`` are the input ids with -100 on positions to ignore; the shift happens here,
         as in Hugging Face causal LMs. Positions where ``attention_mask`` is 0 are ignored too.
+        In training mode with ``labels`` the loss comes from the chunked head (``fused_head_loss``)
+        and ``logits`` is None unless ``return_logits=True``; in eval mode logits are always returned.
         """
         image_tokens = self.encode_image(pixel_values)
+        if return_logits is None:
+            return_logits = labels is None or not self.training or not self.fused_head_loss
+        if labels is not None and attention_mask is not None:
+            labels = labels.masked_fill(attention_mask == 0, -100)
+        if labels is not None and self.fused_head_loss and not return_logits:
+            loss = self.decoder.loss(image_tokens, input_ids, labels)
+            return Ov2CaptioningOutput(loss=loss, logits=None, image_tokens=image_tokens)
         logits = self.decoder(image_tokens, input_ids)
         loss = None
         if labels is not None:
-            if attention_mask is not None:
-                labels = labels.masked_fill(attention_mask == 0, -100)
             loss = F.cross_entropy(
                 logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
             )
