@@ -221,6 +221,12 @@ def evaluate(model_dir: Path, cfg: dict, seed: int = 1, batch: int = 64) -> dict
     return {"per_type": per_type, "counts": dict(totals), "overall": sum(hits.values()) / sum(totals.values())}
 
 
+def load_llava_tower_size(path: Path) -> int:
+    from ..loading import load_vision_model
+
+    return load_vision_model(path).config.image_size
+
+
 def chance_levels() -> dict:
     return {"word": 1 / 12, "count": 1 / 3, "colour": 1 / 6, "position": 1 / 3, "presence": 1 / 2, "choice": 1 / 3}
 
@@ -246,33 +252,47 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--output_dir", default="runs/llava-e2e")
     p.add_argument("--quick", action="store_true", help="Tiny smoke-test sizes (mechanics only).")
     p.add_argument("--bf16", default="true", help="bf16 autocast for the OV2 pretraining (faster on CPUs with bf16).")
-    p.add_argument("--reuse_pretrained", action="store_true", help="Keep OUTPUT_DIR/ov2 from an earlier run.")
+    p.add_argument("--pretrained", default=None, help="Use this 'ov2 pretrain' output instead of pretraining here.")
+    p.add_argument("--only", choices=["pretrained", "random"], default=None,
+                   help="Run one pipeline (two processes can run both); tables are written once both exist.")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=INT", help="Override sizes, e.g. stage2_steps=200.")
     args = p.parse_args(argv)
-    cfg = QUICK if args.quick else FULL
+    cfg = dict(QUICK if args.quick else FULL)
+    cfg.update({k: int(v) for k, v in (kv.split("=") for kv in args.set)})
     out = Path(args.output_dir)
     wall, t0 = {}, time.time()
-    if args.reuse_pretrained and (out / "ov2" / "config.json").is_file():
-        pretrained = out / "ov2"
+    if args.pretrained:
+        pretrained = Path(args.pretrained)
+        cfg["image_size"] = load_llava_tower_size(pretrained)
     else:
         pretrained = pretrain_tower(out / "ov2", cfg, args.bf16 == "true")
-    control = random_tower(pretrained, out / "random_tower")
-    lm = make_language_model(out / "lm", cfg)
-    data = out / "data"
-    write_dataset(data, "captions", 0, cfg["stage1_scenes"], cfg["image_size"])
-    write_dataset(data, "instructions", 0, cfg["stage2_scenes"], cfg["image_size"])
+    # shared inputs are made once, so a second process (--only) reuses them untouched
+    control, lm, data = out / "random_tower", out / "lm", out / "data"
+    if not (control / "config.json").is_file():
+        random_tower(pretrained, control)
+    if not (lm / "config.json").is_file():
+        make_language_model(lm, cfg)
+    if not (data / "instructions_0.json").is_file():
+        write_dataset(data, "captions", 0, cfg["stage1_scenes"], cfg["image_size"])
+        write_dataset(data, "instructions", 0, cfg["stage2_scenes"], cfg["image_size"])
     wall["pretrain+data"] = time.time() - t0
-    results = {"settings": cfg}
     for name, tower in (("pretrained", pretrained), ("random", control)):
+        if args.only and name != args.only:
+            continue
         t = time.time()
         model_dir = run_pipeline(tower, lm, data, out / name, cfg)
-        results[name] = evaluate(model_dir, cfg)
-        wall[name] = time.time() - t
+        result = evaluate(model_dir, cfg)
+        result["wall_s"] = time.time() - t
+        result["cpu_s"] = resource.getrusage(resource.RUSAGE_SELF).ru_utime
+        (out / name / "eval.json").write_text(json.dumps(result, indent=2))
     wall["total"] = time.time() - t0
-    results["wall_s"] = wall
-    # CPU seconds used, for a machine shared with other jobs: CPU s / 2 is the wall time on 2 idle cores
-    results["cpu_s"] = (
-        resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
-    )
+    if not all((out / n / "eval.json").is_file() for n in ("pretrained", "random")):
+        return {}
+    results = {"settings": cfg, "tower": str(pretrained)}
+    for name in ("pretrained", "random"):
+        results[name] = json.loads((out / name / "eval.json").read_text())
+    results["wall_s"] = {"this process": wall["total"], **{n: results[n]["wall_s"] for n in ("pretrained", "random")}}
+    results["cpu_s"] = sum(results[n]["cpu_s"] for n in ("pretrained", "random"))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
     print(markdown(results))
