@@ -19,7 +19,6 @@ import os
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,8 +26,9 @@ import pytest
 pytest.importorskip("deepspeed")
 
 ROOT = Path(__file__).resolve().parents[1]
-# DeepSpeed compiles its shared-memory comm op on first use (~20 s); keep it between test runs.
-EXTENSIONS = str(Path(tempfile.gettempdir()) / "ov2-tests-torch-extensions")
+# DeepSpeed compiles its shared-memory comm op on first use (~20 s of CPU). The build goes to
+# this test's own folder: a build dir shared between runs keeps a stale lock file when a run
+# is killed mid-build, and every later run then waits on it forever.
 TOLERANCE = 0.005
 COMMON = [
     "--image_size", "32", "--max_steps", "3", "--train_samples", "48", "--logging_steps", "1",
@@ -46,7 +46,7 @@ def free_port() -> int:
 
 def launch(out: Path, nproc: int, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": EXTENSIONS}
+           "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(out.parent / "torch-extensions")}
     batch = ["--per_device_train_batch_size", str(8 // nproc)]
     args = ["-m", "ov2_plugin.pretrain", "--output_dir", str(out), *COMMON, *batch, *extra]
     if nproc > 1:
