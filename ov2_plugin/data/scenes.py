@@ -87,6 +87,9 @@ def make_scene(seed: int, index: int) -> Scene:
         cells = tuple(sorted(free[:count]))
         free = free[count:]
         groups.append(ObjectGroup(shape, rng.choice(list(COLOURS)), cells))
+    # Groups are named in reading order of their first object, so the caption is a function of
+    # the picture alone; a random order would make the first group's words a coin toss.
+    groups.sort(key=lambda g: g.cells[0])
     jitter = tuple(rng.uniform(-0.08, 0.08) for _ in range(2 * 9))
     background = tuple(rng.randint(0, 50) for _ in range(3))
     return Scene(tuple(groups), rng.choice(WORDS) if with_word else None, word_place, background, jitter)
