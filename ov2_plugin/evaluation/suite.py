@@ -290,7 +290,7 @@ def write_suite(out_dir: str | Path, seed: int = DEFAULT_SEED, num_scenes: int =
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="ov2 eval-suite", description="Write the offline benchmark suite.")
+    p = argparse.ArgumentParser(prog="ov2 eval suite", description="Write the offline benchmark suite.")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--num_scenes", type=int, default=20)

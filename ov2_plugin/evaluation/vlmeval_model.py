@@ -35,7 +35,7 @@ REQUIRED_COLUMNS = {"index", "question", "answer"}
 def _load_suite_tsv(dataset: str) -> pd.DataFrame:
     path = Path(LMUDataRoot()) / f"{dataset}.tsv"
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; write the suite with 'ov2 eval-suite --out DIR' and set LMUData=DIR/vlmeval.")
+        raise FileNotFoundError(f"{path} does not exist; write the suite with 'ov2 eval suite --out DIR' and set LMUData=DIR/vlmeval.")
     data = load(str(path))
     missing = sorted(REQUIRED_COLUMNS - set(data.columns))
     if not {"image", "image_path"} & set(data.columns):
@@ -72,10 +72,22 @@ class SuiteMCQ(CustomMCQDataset):
 SUITE_CLASSES = {"vqa": SuiteVQA, "pope": SuiteYesNo, "mme": SuiteYesNo, "choice": SuiteMCQ}
 
 
+def _official(name: str) -> bool:
+    from vlmeval.dataset import DATASET_CLASSES
+
+    return any(name in cls.supported_datasets() for cls in DATASET_CLASSES)
+
+
 def make_dataset(name: str):
-    """A suite TSV by its ``OV2Suite_*`` name, else VLMEvalKit's own dataset of that name."""
+    """A suite TSV by its ``OV2Suite_*`` name, else VLMEvalKit's own dataset of that name.
+
+    A TSV of another name in ``$LMUData`` is checked for its columns first: VLMEvalKit would
+    only warn and return nothing for one without them.
+    """
     if name in VLMEVAL_NAMES:
         return SUITE_CLASSES[TASKS[VLMEVAL_NAMES[name]][0]](dataset=name)
+    if not _official(name) and (Path(LMUDataRoot()) / f"{name}.tsv").is_file():
+        _load_suite_tsv(name)
     dataset = build_dataset(name)
     if dataset is None:
         raise ValueError(f"VLMEvalKit knows no dataset {name!r} and there is no {name}.tsv in {LMUDataRoot()}.")
@@ -108,14 +120,16 @@ class Ov2LlavaVLM(BaseModel):
         return self.runner.generate([text], [images], self.max_new_tokens)[0]
 
 
-def evaluate(model: Ov2LlavaVLM, dataset_name: str, work_dir: str | Path, model_name: str = "ov2_llava") -> dict:
-    """Infer with VLMEvalKit's ``infer_data_job`` and score with ``--judge exact_matching``."""
+def evaluate(model: Ov2LlavaVLM, dataset, work_dir: str | Path, model_name: str = "ov2_llava") -> dict:
+    """Infer with VLMEvalKit's ``infer_data_job`` and score with ``--judge exact_matching``.
+
+    ``dataset``: a name (see :func:`make_dataset`) or a VLMEvalKit dataset object."""
     from vlmeval.inference import infer_data_job
     from vlmeval.smp import get_pred_file_path
 
     work_dir = str(work_dir)
     os.makedirs(work_dir, exist_ok=True)
-    dataset = make_dataset(dataset_name)
+    dataset = make_dataset(dataset) if isinstance(dataset, str) else dataset
     infer_data_job(model, work_dir=work_dir, model_name=model_name, dataset=dataset, verbose=False, api_nproc=1)
     pred_file = get_pred_file_path(work_dir, model_name, dataset.dataset_name, use_env_format=True)
     score = dataset.evaluate(pred_file, model="exact_matching", nproc=1)
