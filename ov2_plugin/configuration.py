@@ -13,12 +13,14 @@ from transformers import PretrainedConfig
 
 # Encoder variants: width, depth, MLP size, heads (DESIGN.md), plus patch size and the
 # default resolution. "tiny" is ours, sized so a full pretraining run fits a 2-core CPU.
+# So400M/14 is released for 384 px inputs, whose stride-14 patch conv keeps a 27 x 27 grid
+# (the last 6 pixel rows and columns are never read); we name that grid's exact size, 378 px.
 VISION_PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(hidden_size=192, num_hidden_layers=6, intermediate_size=768, num_attention_heads=3, patch_size=8, image_size=64),
     "S/16": dict(hidden_size=384, num_hidden_layers=12, intermediate_size=1536, num_attention_heads=6, patch_size=16, image_size=224),
     "B/16": dict(hidden_size=768, num_hidden_layers=12, intermediate_size=3072, num_attention_heads=12, patch_size=16, image_size=224),
     "L/14": dict(hidden_size=1024, num_hidden_layers=24, intermediate_size=4096, num_attention_heads=16, patch_size=14, image_size=224),
-    "So400M/14": dict(hidden_size=1152, num_hidden_layers=27, intermediate_size=4304, num_attention_heads=16, patch_size=14, image_size=384),
+    "So400M/14": dict(hidden_size=1152, num_hidden_layers=27, intermediate_size=4304, num_attention_heads=16, patch_size=14, image_size=378),
     "H/14": dict(hidden_size=1280, num_hidden_layers=32, intermediate_size=5120, num_attention_heads=16, patch_size=14, image_size=224),
     "g/14": dict(hidden_size=1408, num_hidden_layers=40, intermediate_size=6144, num_attention_heads=16, patch_size=14, image_size=224),
 }
@@ -94,7 +96,7 @@ class Ov2VisionConfig(PretrainedConfig):
         self.image_std = list(image_std)
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "Ov2VisionConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> Ov2VisionConfig:
         if name not in VISION_PRESETS:
             raise _unknown_preset("vision", name, VISION_PRESETS)
         return cls(**{**VISION_PRESETS[name], **overrides})
@@ -136,7 +138,7 @@ class Ov2DecoderConfig(PretrainedConfig):
         self.max_length = max_length
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "Ov2DecoderConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> Ov2DecoderConfig:
         if name not in DECODER_PRESETS:
             raise _unknown_preset("decoder", name, DECODER_PRESETS)
         return cls(**{**DECODER_PRESETS[name], **overrides})
@@ -171,7 +173,7 @@ class Ov2Config(PretrainedConfig):
         super().__init__(**kwargs)
 
     @classmethod
-    def from_preset(cls, name: str, keep_ratio: float = 0.35, **overrides: Any) -> "Ov2Config":
+    def from_preset(cls, name: str, keep_ratio: float = 0.35, **overrides: Any) -> Ov2Config:
         """Build a captioner config; overrides go to the encoder, or to the decoder as ``decoder_<field>``."""
         if name not in CAPTIONER_PRESETS:
             raise _unknown_preset("model", name, CAPTIONER_PRESETS)
