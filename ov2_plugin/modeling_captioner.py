@@ -141,6 +141,9 @@ class Ov2ForCaptioning(Ov2PreTrainedModel):
     config_class = Ov2Config
     base_model_prefix = "ov2"
     _no_split_modules = ["Ov2Block"]
+    # The loss is a mean over this batch's tokens; without this flag the Trainer would pass
+    # ``num_items_in_batch`` (which we ignore) and multiply the loss by the world size under DDP.
+    accepts_loss_kwargs = False
     # Training with labels uses the chunked head + loss (no [B, T, V] logits); set False for
     # the plain lm_head + F.cross_entropy path (same loss and gradients, more memory and time).
     fused_head_loss: bool = True
