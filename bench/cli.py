@@ -47,6 +47,7 @@ def cmd_run(argv: list[str]) -> None:
     p.add_argument("--budget-gib", type=float, default=None, help="memory budget for the largest batch")
     p.add_argument("--compile", action="store_true", help="torch.compile each variant's loss (GPU)")
     p.add_argument("--ablate", action="store_true", help="also time OV2 with each optimisation off")
+    p.add_argument("--only-ablate", action="store_true", help="run only the optimisation ablation (its own JSON)")
     p.add_argument("--paper-flops", action="store_true", help="also count FLOPs at L/14 and So400M/14 (meta)")
     p.add_argument("--machine", default=None, help="name in the output files (default: cpu<N> or the GPU's name)")
     p.add_argument("--out-dir", type=Path, default=HERE)
@@ -58,15 +59,22 @@ def cmd_run(argv: list[str]) -> None:
     from .run import run_ablation, run_comparison
 
     extra = ["--compile"] if args.compile else []
+    suffix = "" if args.shape == "cpu" else "-" + re.sub(r"[^A-Za-z0-9]+", "", args.shape)
+    stem = args.out_dir / f"results-{args.machine or machine_name(args.device)}{suffix}"
+    if args.only_ablate:
+        ablation = run_ablation(args.shape, args.precision, args.steps, args.warmup, args.device, args.threads)
+        Path(f"{stem}-ablation.json").write_text(json.dumps(ablation, indent=1))
+        print(json.dumps(ablation, indent=1))
+        return
     result = run_comparison(args.shape, args.variants, args.precision, args.steps, args.warmup, args.device,
-                            args.budget_gib, args.threads, extra, args.matmul_seconds)
+                            args.budget_gib, args.threads, extra, args.matmul_seconds, Path(f"{stem}-partial.json"))
     if args.ablate:
         result["ablation"] = run_ablation(args.shape, args.precision, args.steps, args.warmup, args.device, args.threads)
+    elif Path(f"{stem}-ablation.json").exists():  # from a separate `--only-ablate` run
+        result["ablation"] = json.loads(Path(f"{stem}-ablation.json").read_text())
     if args.paper_flops:
         result["paper_flops"] = paper_flops(["L/14", "So400M/14"], list(VARIANTS[:1]) + ["ov1-1cap", "ov1-2cap", "coca"])
     result["targets"] = targets(result)
-    suffix = "" if args.shape == "cpu" else "-" + re.sub(r"[^A-Za-z0-9]+", "", args.shape)
-    stem = args.out_dir / f"results-{args.machine or machine_name(args.device)}{suffix}"
     stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
     stem.with_suffix(".md").write_text(markdown(result))
     chart(result, stem.with_suffix(".png"))

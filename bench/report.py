@@ -104,7 +104,8 @@ def chart(result: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(10, 4.5))
     width = 0.8 / len(metrics)
     for i, (label, key) in enumerate(metrics):
-        ax.bar([j + i * width for j in range(len(names))], [rows[n][key] / base[key] for n in names], width, label=label)
+        values = [rows[n][key] / base[key] if rows[n].get(key) and base.get(key) else 0.0 for n in names]  # 0 = not measured
+        ax.bar([j + i * width for j in range(len(names))], values, width, label=label)
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names)
     ax.set_ylabel("relative to OV1-style (1 caption)")

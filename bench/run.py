@@ -55,7 +55,9 @@ def matmul_throughput(device: str, precision: str, size: int = 2048, seconds: fl
 
 
 def run_comparison(shape: str, variants: list[str], precision: str, steps: int, warmup: int, device: str,
-                   budget_gib: float | None, threads: int, extra: list[str], matmul_seconds: float = 3.0) -> dict:
+                   budget_gib: float | None, threads: int, extra: list[str], matmul_seconds: float = 3.0,
+                   partial: Path | None = None) -> dict:
+    """All variants one after another; ``partial`` gets the results so far after each one."""
     spec = SHAPES[shape]
     batch = spec.batch_size
     budget = int((budget_gib or spec.budget_gib) * 2**30)
@@ -75,6 +77,8 @@ def run_comparison(shape: str, variants: list[str], precision: str, steps: int, 
         print(f"[bench] {name}: {timed['median_step_s']:.3f} s/step, largest batch {timed['largest_batch']}", flush=True)
         rows[name] = {**timed, "samples_per_s": batch / timed["median_step_s"],
                       "hardware_efficiency": timed["flops_per_step"] / timed["median_step_s"] / result["matmul_flops_per_s"]}
+        if partial:
+            partial.write_text(json.dumps({**result, "variants": rows}, indent=1))
     result["variants"] = rows
     result["matmul_flops_per_s_after"] = matmul_throughput(device, precision, seconds=matmul_seconds)
     result["loadavg_after"] = os.getloadavg()

@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> dict:
         "device": str(device), "optimizer": args.optimizer, "fused_head_loss": not args.no_fused_loss,
         "compile": args.compile, "attention": args.attention, "threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in trainer.params), "flops_per_step": flops, "step_times_s": times,
-        "median_step_s": statistics.median(times) if times else None, "state_bytes": trainer.state_bytes,
+        "median_step_s": statistics.median(times) if times else None, "min_step_s": min(times) if times else None, "state_bytes": trainer.state_bytes,
         "activation_peak_bytes": points[args.batch], "activation_peak_bytes_small": points[small],
         "small_batch_size": small, "losses": losses,
     }
