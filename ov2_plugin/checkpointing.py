@@ -15,7 +15,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
@@ -92,10 +91,10 @@ class Ov2Trainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
-        bad = torch.tensor(0.0 if math.isfinite(loss.detach().float().item()) else 1.0, device=loss.device)
+        bad = (~torch.isfinite(loss.detach().float())).float().reshape(())
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(bad)  # every rank stops together, or the others would hang in the next all-reduce
-        if bad.item() > 0:
+        if bad.item() > 0:  # one host sync per step (the Trainer's NaN filter already syncs there too)
             last = newest_complete_checkpoint(self.args.output_dir)
             raise NonFiniteLossError(
                 f"the training loss became non-finite ({loss.item()}) at step {self.state.global_step + 1}; "

@@ -43,6 +43,27 @@ class ModelArguments:
     keep_ratio: float = field(default=0.35, metadata={"help": "Share of visual tokens the decoder sees in training."})
     image_size: int | None = field(default=None, metadata={"help": "Training resolution; the preset's by default."})
     init_from: str | None = field(default=None, metadata={"help": "Start from this Ov2ForCaptioning folder."})
+    config_overrides: str | None = field(default=None, metadata={
+        "help": "Preset fields to change, as in transformers' run_clm: 'hidden_size=128,num_hidden_layers=4,"
+                "decoder_hidden_size=128' (decoder fields take the 'decoder_' prefix)."})
+
+
+def parse_config_overrides(text: str | None) -> dict[str, int | float | str]:
+    """'a=1,b=0.5' -> {'a': 1, 'b': 0.5}; a clear error for a malformed item."""
+    overrides: dict[str, int | float | str] = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"config_overrides item {item!r} is not 'name=value'; write e.g. 'hidden_size=128,num_hidden_layers=4'.")
+        for cast in (int, float):
+            try:
+                overrides[key] = cast(value)
+                break
+            except ValueError:
+                continue
+        else:
+            overrides[key] = value
+    return overrides
 
 
 @dataclass
@@ -113,7 +134,9 @@ def build_model(args: ModelArguments) -> Ov2ForCaptioning:
         if args.image_size:
             model.config.vision_config.image_size = args.image_size
         return model
-    overrides = {"image_size": args.image_size} if args.image_size else {}
+    overrides = parse_config_overrides(args.config_overrides)
+    if args.image_size:
+        overrides["image_size"] = args.image_size
     return Ov2ForCaptioning(Ov2Config.from_preset(args.preset, keep_ratio=args.keep_ratio, **overrides))
 
 
@@ -272,8 +295,10 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, train_
             raise
         if trainer.is_world_process_zero():
             record["bad_samples"] = collect_bad_samples(run_dir)
-            if not single:
-                done.write_text(json.dumps(record))
+            if not single:  # written whole or not at all, like the checkpoints
+                tmp = done.with_suffix(".tmp")
+                tmp.write_text(json.dumps(record))
+                tmp.replace(done)
         records.append(record)
         init_from = str(run_dir)
     return finish(trainer, records, data_args, train_args, tokenizer, out, single)
@@ -293,8 +318,7 @@ def finish(trainer: Trainer | None, records: list[dict], data_args: DataArgument
     if train_args.process_index != 0:
         return metrics
     if trainer is not None and single and not train_args.deepspeed:
-        model = trainer.model
-        trainer.save_model(str(out))
+        model = trainer.model  # already saved to ``out`` by train_stage
     else:  # the last stage's saved weights (whole, even under ZeRO-3)
         model = Ov2ForCaptioning.from_pretrained(str(out if single else out / f"stage{len(records)}-{last['name']}"))
         if not single:

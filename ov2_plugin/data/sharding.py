@@ -16,7 +16,6 @@ import random
 from collections.abc import Sequence
 from typing import TypeVar
 
-import braceexpand
 import torch
 
 T = TypeVar("T")
@@ -24,6 +23,8 @@ T = TypeVar("T")
 
 def expand_shards(spec: str | Sequence[str]) -> list[str]:
     """Brace patterns (``data/{00000..00099}.tar``), several joined by ``::``, or a list; local paths or URLs."""
+    import braceexpand  # comes with webdataset (the ``data`` extra); only shard lists need it
+
     patterns = spec.split("::") if isinstance(spec, str) else list(spec)
     urls = [url for p in patterns if p.strip() for url in braceexpand.braceexpand(p.strip())]
     if not urls:
