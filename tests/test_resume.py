@@ -95,16 +95,16 @@ def test_a_crash_during_a_save_leaves_the_previous_checkpoint_as_the_newest_comp
 def test_a_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, tiny_model):
     from transformers import TrainerCallback
 
-    class PoisonAfterStep2(TrainerCallback):
-        """Fault injection: an overflow in the weights after step 2, as a too-high learning rate causes."""
+    class PoisonBeforeStep3(TrainerCallback):
+        """Fault injection: an overflow in the weights once checkpoint-2 is saved, as a too-high learning rate causes."""
 
-        def on_step_end(self, args, state, control, model=None, **kw):
+        def on_step_begin(self, args, state, control, model=None, **kw):
             if state.global_step == 2:
                 with torch.no_grad():
                     model.decoder.norm.weight.fill_(float("inf"))
 
     trainer = tiny_trainer(tmp_path, tiny_model, save_steps=1)
-    trainer.add_callback(PoisonAfterStep2())
+    trainer.add_callback(PoisonBeforeStep3())
     with pytest.raises(NonFiniteLossError, match=r"non-finite.*step 3.*Last good checkpoint: .*checkpoint-2"):
         trainer.train()
     assert newest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
