@@ -20,23 +20,18 @@ from .data.scenes import make_scene
 from .pretrain import DataArguments, ModelArguments, PretrainArguments, run_pretraining
 
 
-def quickstart_arguments(output_dir: str, max_steps: int) -> tuple[ModelArguments, DataArguments, PretrainArguments]:
-    """The quickstart recipe. bf16 autocast is used where the CPU has native bf16 matmuls."""
-    bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    train = PretrainArguments(
-        output_dir=output_dir,
-        max_steps=max_steps,
-        per_device_train_batch_size=64,
-        learning_rate=2e-3,
-        warmup_steps=0.05,
-        logging_steps=20,
-        save_steps=max_steps // 2,
-        save_total_limit=1,
-        use_cpu=not torch.cuda.is_available(),
-        bf16=bf16,
-        seed=0,
-    )
-    return ModelArguments(preset="tiny"), DataArguments(train_samples=max_steps * 64, eval_samples=256), train
+def quickstart_arguments(
+    output_dir: str, max_steps: int | None = None, eval_samples: int | None = None
+) -> tuple[ModelArguments, DataArguments, PretrainArguments]:
+    """The built-in ``quickstart`` recipe; bf16 autocast where the CPU has native bf16 matmuls."""
+    bf16 = torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    train = PretrainArguments(output_dir=output_dir, use_cpu=not torch.cuda.is_available(), bf16=bf16, seed=0)
+    if max_steps:
+        train.max_steps = max_steps
+    data = DataArguments(recipe="quickstart")
+    if eval_samples:
+        data.eval_samples = eval_samples
+    return ModelArguments(), data, train
 
 
 def show_report(metrics: dict, output_dir: Path, console: Console) -> None:
@@ -65,11 +60,12 @@ def show_report(metrics: dict, output_dir: Path, console: Console) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="ov2 quickstart", description=__doc__)
     parser.add_argument("--output_dir", default="runs/quickstart")
-    parser.add_argument("--max_steps", type=int, default=600)
+    parser.add_argument("--max_steps", type=int, default=None, help="shorten the run (the recipe's 2400 by default)")
+    parser.add_argument("--eval_samples", type=int, default=None, help="held-out scenes to score (the recipe's 256)")
     args = parser.parse_args(argv)
     console = Console()
     console.rule("OpenVision 2 quickstart: captioning-only pretraining of the tiny preset")
-    metrics = run_pretraining(*quickstart_arguments(args.output_dir, args.max_steps))
+    metrics = run_pretraining(*quickstart_arguments(args.output_dir, args.max_steps, args.eval_samples))
     show_report(metrics, Path(args.output_dir), console)
     print(json.dumps({k: metrics[k] for k in ("token_accuracy", "attributes_all_right")}))
     return metrics

@@ -89,3 +89,12 @@ def test_pretrain_then_caption_end_to_end(tmp_path):
     path, caption = result.stdout.strip().split("\t")
     assert path == str(img)
     assert len(build_caption_tokenizer()(caption).input_ids) <= 5 + 2
+
+
+def test_every_command_resolves_to_a_function():
+    import importlib
+
+    from ov2_plugin.cli import COMMANDS
+
+    for name, (module, func, _) in COMMANDS.items():
+        assert callable(getattr(importlib.import_module(module), func)), name
