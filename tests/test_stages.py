@@ -51,8 +51,10 @@ def test_builtin_recipes_parse_into_stages(name):
     from ov2_plugin.pretrain import DataArguments, PretrainArguments
 
     model, data, train, stages = load_recipe(name, ModelArguments(), DataArguments(), PretrainArguments(output_dir="x"))
-    assert len(stages) >= 2 and all(s.image_size for s in stages) and all(s.samples for s in stages)
-    assert stages[0].image_size < stages[-1].image_size  # low resolution first
+    assert stages and all(s.name for s in stages)
+    if len(stages) > 1:  # resolution stages: sized by samples, low resolution first
+        assert all(s.image_size for s in stages) and all(s.samples for s in stages)
+        assert stages[0].image_size < stages[-1].image_size
 
 
 def test_recipe_errors_name_the_problem(tmp_path):
