@@ -22,3 +22,12 @@ def tiny_model(tiny_config):
 
     torch.manual_seed(0)
     return Ov2ForCaptioning(tiny_config)
+
+
+@pytest.fixture(autouse=True)
+def grad_mode_on():
+    """Importing VLMEvalKit's ``vlmeval.vlm`` turns autograd off for the whole process
+    (``torch.set_grad_enabled(False)`` at import); a later training test must not inherit that."""
+    torch.set_grad_enabled(True)
+    yield
+    torch.set_grad_enabled(True)

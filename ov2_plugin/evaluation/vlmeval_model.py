@@ -21,13 +21,20 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 from PIL import Image
-from vlmeval.dataset import CustomMCQDataset, ImageVQADataset, ImageYORNDataset, build_dataset
-from vlmeval.smp import LMUDataRoot, load
-from vlmeval.vlm.base import BaseModel
 
 from .runner import LlavaRunner
 from .suite import TASKS, VLMEVAL_NAMES
+
+_grad_enabled = torch.is_grad_enabled()
+from vlmeval.dataset import CustomMCQDataset, ImageVQADataset, ImageYORNDataset, build_dataset  # noqa: E402
+from vlmeval.smp import LMUDataRoot, load  # noqa: E402
+from vlmeval.vlm.base import BaseModel  # noqa: E402
+
+# Importing vlmeval.vlm switches autograd off for the whole process; give it back, so that
+# training in the same process (a notebook, a test run) still gets gradients.
+torch.set_grad_enabled(_grad_enabled)
 
 REQUIRED_COLUMNS = {"index", "question", "answer"}
 
