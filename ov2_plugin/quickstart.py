@@ -1,6 +1,6 @@
 """``ov2 quickstart``: pretrain the tiny preset on the built-in scenes, then show what it learned.
 
-Sized for a 2-core CPU: the whole run, evaluation included, takes a few minutes, and the
+Sized for a 2-core CPU: the whole run, evaluation included, takes about a quarter of an hour, and the
 held-out report says whether the encoder learned colours, shapes and counts or only the
 caption template.
 """

@@ -126,10 +126,3 @@ def render_scene(scene: Scene, size: int = 64) -> Image.Image:
         draw.text((size / 2, cy), scene.word.upper(), fill=(255, 255, 255), font=font, anchor="mm")
     return img
 
-
-def scene_stream(seed: int, start: int = 0, stop: int | None = None):
-    """Yield (index, scene) pairs for indices start..stop-1 (endless when stop is None)."""
-    i = start
-    while stop is None or i < stop:
-        yield i, make_scene(seed, i)
-        i += 1

@@ -3,6 +3,7 @@ training, squash-resize for evaluation; ImageNet mean/std for both."""
 
 from __future__ import annotations
 
+import torch
 from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -10,8 +11,6 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _to_normalized_tensor(mean: tuple[float, ...], std: tuple[float, ...]) -> list:
-    import torch
-
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
 
 
