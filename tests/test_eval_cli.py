@@ -31,7 +31,7 @@ def test_folder_that_is_not_llava(tmp_path, capsys):
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "openvision2"}))
     assert main(["eval", "--model", str(model), "--out", str(tmp_path / "results")]) == 2
-    assert "not an HF LLaVA" in capsys.readouterr().err
+    assert "not a LLaVA" in capsys.readouterr().err
     _nothing_written(tmp_path, tmp_path / "results")
 
 

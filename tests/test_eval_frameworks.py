@@ -8,6 +8,9 @@ scores are neither all 0 nor all 1 and a wiring mistake in any framework shows u
 """
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -134,3 +137,23 @@ def test_batched_generation_and_loglikelihood(model_dir):
     assert greedy_yes != greedy_no and (logp_yes > logp_no) == greedy_yes
     first = runner.generate(questions[:1], images[:1], max_new_tokens=1)[0]
     assert (greedy_yes, greedy_no) == (first == "yes", first == "no")
+
+
+def test_vlmeval_run_py_config_gives_the_same_answers_and_scores(results, model_dir, tmp_path):
+    """VLMEvalKit's own ``run.py --config`` (the way eval/README.md documents) on the suite's TSVs."""
+    config = {
+        "model": {"ov2_llava": {"class": "Ov2LlavaVLM", "model_path": str(model_dir), "device": "cpu", "max_new_tokens": 1}},
+        "data": {"OV2Suite_POPE_random": {"class": "ImageYORNDataset", "dataset": "OV2Suite_POPE_random"}},
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    env = {**os.environ, "LMUData": str(results / "suite" / "vlmeval"), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "ov2_plugin.evaluation.vlmeval_model", "--config", str(tmp_path / "config.json"),
+           "--work-dir", str(tmp_path / "work"), "--judge", "exact_matching"]
+    subprocess.run(cmd, env=env, cwd=tmp_path, check=True)
+    out = tmp_path / "work" / "ov2_llava"
+    answers = pd.read_excel(out / "ov2_llava_OV2Suite_POPE_random.xlsx").sort_values("index")
+    assert [str(p) for p in answers["prediction"]] == _predictions(results, "ov2_pope_random")["vlmeval"]
+    score = pd.read_csv(out / "ov2_llava_OV2Suite_POPE_random_score.csv")
+    table = json.loads((results / "results.json").read_text())["table"]
+    expected = next(r["vlmeval"] for r in table if (r["task"], r["metric"]) == ("ov2_pope_random", "accuracy"))
+    assert float(score["acc"][0]) == pytest.approx(expected)

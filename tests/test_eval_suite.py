@@ -77,6 +77,6 @@ def test_open_answers_have_ten_annotators_that_normalise_to_the_truth():
 
 def test_choice_answer_names_the_present_shape():
     for item in build_items(seed=3, num_scenes=20)["ov2_choice"]:
-        letter = "abc".index(item.answer)
+        letter = "ABC".index(item.answer)
         assert item.choices[letter] in {g.shape for g in item.scene.groups}
         assert sum(c in {g.shape for g in item.scene.groups} for c in item.choices) == 1

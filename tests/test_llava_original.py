@@ -222,3 +222,30 @@ def test_llava_train_entry_runs_stage1_with_ov2_tower(tower_dir, tmp_path):
     projector = torch.load(out / "checkpoint-3" / "mm_projector.bin")
     assert {k.split("mm_projector.")[1] for k in projector} == {"0.weight", "0.bias", "2.weight", "2.bias"}
     assert json.loads((out / "config.json").read_text())["mm_vision_tower"] == f"ov2:{tower_dir}"
+
+
+def test_eval_adapters_answer_from_original_checkpoint(tower_dir, tmp_path):
+    """An original-LLaVA folder goes through the evaluation adapters: LLaVA's loader, template, generate."""
+    from ov2_plugin.evaluation.lmms_eval_model import Ov2Llava
+    from ov2_plugin.evaluation.runner import OriginalLlavaRunner
+
+    folder = tmp_path / "llava-ov2-tiny"
+    tiny_llava(tower_dir).save_pretrained(folder)
+    build_word_tokenizer(WORDS).save_pretrained(folder)
+    runner = Ov2Llava(pretrained=str(folder), device="cpu", conv_template="vicuna_v1").runner
+    assert isinstance(runner, OriginalLlavaRunner) and runner.model.dtype == torch.float32
+    assert runner.prompt("red circle").startswith("A chat between") and "USER: <image>\nred circle" in runner.prompt("red circle")
+
+    image = make_scene(0, 0).render(32)
+    answer = runner.generate(["red circle"], [[image]], max_new_tokens=4)[0]
+    inputs = runner._inputs(runner.prompt("red circle"), [image])
+    reference = greedy(runner.model, inputs["input_ids"], inputs["images"], 4)
+    eos = runner.tokenizer.eos_token_id
+    reference = reference[: reference.index(eos)] if eos in reference else reference
+    assert answer == runner.tokenizer.decode(reference, skip_special_tokens=True).strip()
+
+    first = runner.tokenizer.decode(reference[:1])
+    other = next(w for w in WORDS if w != first)
+    logp_first, is_greedy = runner.loglikelihood("red circle", [image], " " + first)
+    logp_other, other_greedy = runner.loglikelihood("red circle", [image], " " + other)
+    assert is_greedy and not other_greedy and logp_other < logp_first < 0

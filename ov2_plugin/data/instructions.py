@@ -16,7 +16,7 @@ from pathlib import Path
 from .scenes import COLOURS, COUNT_WORDS, SHAPES, WORDS, Scene, make_scene
 
 QUESTION_TYPES = ("word", "count", "colour", "position", "presence", "choice")
-LETTERS = ("a", "b", "c")
+LETTERS = ("A", "B", "C")  # upper case, as every MCQ benchmark and its answer parser expects
 
 
 def _plural(shape: str) -> str:

@@ -13,7 +13,7 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from .runner import LlavaRunner, default_device
+from .runner import default_device, make_runner
 
 
 @register_model("ov2_llava")
@@ -21,10 +21,10 @@ class Ov2LlavaLM(LM):
     MULTIMODAL = True
 
     def __init__(self, pretrained: str, device: str | None = None, dtype: str = "float32",
-                 batch_size: int | str | None = 1, **kwargs) -> None:
+                 batch_size: int | str | None = 1, conv_template: str = "vicuna_v1", **kwargs) -> None:
         super().__init__()
         batch = int(batch_size) if str(batch_size or 1).isdigit() else 1  # lm-eval may pass "auto"
-        self.runner = LlavaRunner(pretrained, device=device or default_device(), dtype=dtype, batch_size=batch)
+        self.runner = make_runner(pretrained, device or default_device(), dtype, batch, conv_template)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         out = []

@@ -7,8 +7,8 @@ pyproject.toml), so with this package installed::
 
 works with no change to lmms-eval. Answers come from :class:`~ov2_plugin.evaluation.runner.LlavaRunner`
 (the checkpoint's chat template, greedy decoding), so lmms-eval, VLMEvalKit and lm-eval ask the
-same model the same way. Original-LLaVA (``llava-torch``) checkpoints are not handled here:
-``check_model_dir`` says so when one is passed.
+same model the same way. Original-LLaVA (``llava-torch``) checkpoints work too, through LLaVA's
+own loader and conversation template (``conv_template=vicuna_v1`` by default).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.registry_v2 import ModelManifest
 from tqdm import tqdm
 
-from .runner import LlavaRunner, default_device
+from .runner import default_device, make_runner
 
 MANIFEST = ModelManifest(model_id="ov2_llava", simple_class_path="ov2_plugin.evaluation.lmms_eval_model.Ov2Llava")
 
@@ -27,14 +27,16 @@ class Ov2Llava(lmms):
     """``generate_until`` in batches of ``batch_size``; ``loglikelihood`` one request at a time."""
 
     def __init__(self, pretrained: str, device: str | None = None, dtype: str = "float32",
-                 batch_size: int | str | None = 1, **kwargs) -> None:
+                 batch_size: int | str | None = 1, conv_template: str = "vicuna_v1", **kwargs) -> None:
         super().__init__()
         unknown = sorted(k for k, v in kwargs.items() if v is not None)
         if unknown:
-            raise ValueError(f"ov2_llava does not know the model_args {unknown}; use pretrained, device, dtype, batch_size.")
+            raise ValueError(
+                f"ov2_llava does not know the model_args {unknown}; use pretrained, device, dtype, batch_size, conv_template."
+            )
         batch = int(batch_size) if str(batch_size or 1).isdigit() else 1  # lmms-eval may pass "auto"
-        self.runner = LlavaRunner(pretrained, device=device or default_device(), dtype=dtype, batch_size=batch)
-        self.batch_size_per_gpu = batch
+        self.runner = make_runner(pretrained, device or default_device(), dtype, batch, conv_template)
+        self.batch_size_per_gpu = self.runner.batch_size
 
     def _doc(self, task: str, split: str, doc_id: int) -> dict:
         return self.task_dict[task][split][doc_id]

@@ -43,7 +43,8 @@ HEADLINES = {
 
 def run_lmms_eval(model: Path, tasks: list[str], include: Path | None, out: Path, args) -> dict:
     """lmms-eval's own CLI in a subprocess (its progress bar shows); returns its results dict."""
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "ov2_llava", "--model_args", f"pretrained={model}",
+    model_args = f"pretrained={model},conv_template={args.conv_template}"
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "ov2_llava", "--model_args", model_args,
            "--tasks", ",".join(tasks), "--batch_size", str(args.batch_size), "--output_path", str(out), "--log_samples"]
     cmd += ["--device", args.device] if args.device else []
     cmd += ["--include_path", str(include)] if include else []
@@ -67,7 +68,8 @@ def run_lm_eval(model: Path, tasks: list[str], include: Path | None, out: Path, 
     from . import lm_eval_model  # noqa: F401  (registers ov2_llava)
 
     manager = TaskManager(include_path=str(include) if include else None)
-    model_args = f"pretrained={model},batch_size={args.batch_size}" + (f",device={args.device}" if args.device else "")
+    model_args = f"pretrained={model},batch_size={args.batch_size},conv_template={args.conv_template}"
+    model_args += f",device={args.device}" if args.device else ""
     result = lm_eval.simple_evaluate(model="ov2_llava", model_args=model_args, tasks=tasks, task_manager=manager,
                                      limit=args.limit, log_samples=True,
                                      gen_kwargs=f"max_gen_toks={args.max_new_tokens}" if args.max_new_tokens else None)
@@ -86,7 +88,8 @@ def run_vlmeval(model: Path, datasets: list[str], lmu_data: Path | None, work: P
     from .vlmeval_model import Ov2LlavaVLM, evaluate, make_dataset
 
     built = {name: make_dataset(name) for name in datasets}  # bad names / TSVs fail before the model loads
-    vlm = Ov2LlavaVLM(model_path=str(model), device=args.device or "cpu", max_new_tokens=args.max_new_tokens or 16)
+    vlm = Ov2LlavaVLM(model_path=str(model), device=args.device or "cpu", max_new_tokens=args.max_new_tokens or 16,
+                      conv_template=args.conv_template)
     return {name: evaluate(vlm, ds, work)["score"] for name, ds in built.items()}
 
 
@@ -144,7 +147,7 @@ def chart(rows: list[dict], frameworks: list[str], path: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ov2 eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="HF LLaVA folder with an OpenVision 2 tower")
+    p.add_argument("--model", required=True, help="LLaVA folder with an OpenVision 2 tower (HF LLaVA, or original LLaVA's)")
     p.add_argument("--framework", default="all", choices=[*FRAMEWORKS, "all"])
     p.add_argument("--suite", default="builtin", choices=["builtin", "public"],
                    help="builtin: the offline scene suite; public: official task names passed to the framework")
@@ -157,6 +160,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--max_new_tokens", type=int, default=None, help="answer length cap for every framework (default: the task's)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--conv_template", default="vicuna_v1",
+                   help="original-LLaVA checkpoints only: the llava conv_templates key they were trained with")
     return p.parse_args(argv)
 
 

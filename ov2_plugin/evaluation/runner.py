@@ -18,8 +18,11 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+ORIGINAL_MODEL_TYPE = "llava_llama"  # the config of llava-torch's LlavaLlamaForCausalLM
+
+
 def check_model_dir(path: str | Path) -> Path:
-    """The boundary check for ``--model``: an existing HF LLaVA folder, else a message with the fix."""
+    """The boundary check for ``--model``: an HF LLaVA or an original-LLaVA folder, else a message with the fix."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(
@@ -29,12 +32,25 @@ def check_model_dir(path: str | Path) -> Path:
     if not config.is_file():
         raise FileNotFoundError(f"{str(path)!r} has no config.json; pass a LLaVA folder written by 'ov2 llava-build'.")
     model_type = json.loads(config.read_text()).get("model_type")
-    if model_type != "llava":
+    if model_type not in ("llava", ORIGINAL_MODEL_TYPE):
         raise ValueError(
-            f"{str(path)!r} holds a {model_type!r} model, not an HF LLaVA ('llava'); the evaluation adapters "
-            "take LLaVA folders (build one with 'ov2 llava-build')."
+            f"{str(path)!r} holds a {model_type!r} model, not a LLaVA ('llava' or the original code's "
+            f"'{ORIGINAL_MODEL_TYPE}'); the evaluation adapters take LLaVA folders (build one with 'ov2 llava-build')."
         )
     return path
+
+
+def make_runner(pretrained: str | Path, device: str = "cpu", dtype: str = "float32", batch_size: int = 1,
+                conv_template: str = "vicuna_v1") -> LlavaRunner | OriginalLlavaRunner:
+    """The runner for the folder's kind: HF ``LlavaForConditionalGeneration`` or original LLaVA.
+
+    ``conv_template`` (a key of llava-torch's ``conv_templates``) only applies to original LLaVA,
+    whose checkpoints do not record the template they were trained with; HF folders carry theirs.
+    """
+    path = check_model_dir(pretrained)
+    if json.loads((path / "config.json").read_text()).get("model_type") == ORIGINAL_MODEL_TYPE:
+        return OriginalLlavaRunner(path, device=device, dtype=dtype, conv_template=conv_template)
+    return LlavaRunner(path, device=device, dtype=dtype, batch_size=batch_size)
 
 
 class LlavaRunner:
@@ -106,6 +122,88 @@ def _cut(text: str, until: list[str] | None) -> str:
         if stop and stop in text:
             text = text.split(stop, 1)[0]
     return text
+
+
+class OriginalLlavaRunner:
+    """An original-LLaVA (``llava-torch``) checkpoint, asked as LLaVA's own ``llava/eval`` scripts ask it.
+
+    LLaVA's loader (``load_pretrained_model``; an ``ov2:`` tower is rebuilt through
+    :func:`ov2_plugin.llava.original.install`), a conversation template, ``tokenizer_image_token``,
+    ``process_images`` and greedy ``generate``. One question at a time (``batch_size`` 1): LLaVA's
+    ``generate`` takes no attention mask, so left-padded batches would change the answers.
+    """
+
+    batch_size = 1
+
+    def __init__(self, pretrained: str | Path, device: str = "cpu", dtype: str = "float32", conv_template: str = "vicuna_v1"):
+        try:
+            from llava.conversation import conv_templates
+            from llava.model.builder import load_pretrained_model
+        except ImportError as err:
+            raise ImportError(
+                f"{str(pretrained)!r} is an original-LLaVA checkpoint; reading it needs the original code: "
+                "pip install --no-deps llava-torch==1.2.2.post1"
+            ) from err
+        from ..llava.original import install
+
+        if conv_template not in conv_templates:
+            raise ValueError(f"Unknown conv_template {conv_template!r}; LLaVA has {', '.join(sorted(conv_templates))}.")
+        install()
+        path = check_model_dir(pretrained)
+        name = path.name if "llava" in path.name.lower() else f"llava-{path.name}"  # the loader picks LLaVA by name
+        self.tokenizer, model, self.image_processor, _ = load_pretrained_model(str(path), None, name, device=device)
+        self.model = model.to(dtype=getattr(torch, dtype)).eval()  # the loader always loads float16
+        self.device = torch.device(device)
+        self.template = conv_templates[conv_template]
+
+    def prompt(self, question: str, num_images: int = 1) -> str:
+        from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_TOKEN
+
+        image = DEFAULT_IMAGE_TOKEN
+        if getattr(self.model.config, "mm_use_im_start_end", False):
+            image = DEFAULT_IM_START_TOKEN + image + DEFAULT_IM_END_TOKEN
+        conv = self.template.copy()
+        conv.append_message(conv.roles[0], (image + "\n") * num_images + question)
+        conv.append_message(conv.roles[1], None)
+        return conv.get_prompt()
+
+    def _inputs(self, text: str, images: list[Image.Image]) -> dict:
+        from llava.constants import IMAGE_TOKEN_INDEX
+        from llava.mm_utils import process_images, tokenizer_image_token
+
+        ids = tokenizer_image_token(text, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None].to(self.device)
+        if not images:
+            return {"input_ids": ids}
+        images = [im.convert("RGB") for im in images]
+        pixels = process_images(images, self.image_processor, self.model.config).to(self.device, self.model.dtype)
+        return {"input_ids": ids, "images": pixels, "image_sizes": [im.size for im in images]}
+
+    @torch.inference_mode()
+    def generate(self, questions: list[str], images: list[list[Image.Image]], max_new_tokens: int = 16,
+                 until: list[str] | None = None) -> list[str]:
+        out = []
+        for question, ims in zip(questions, images):
+            inputs = self._inputs(self.prompt(question, len(ims)), ims)
+            ids = self.model.generate(
+                inputs.pop("input_ids"), **inputs, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+            out.append(_cut(self.tokenizer.decode(ids[0], skip_special_tokens=True), until).strip())
+        return out
+
+    @torch.inference_mode()
+    def loglikelihood(self, question: str, images: list[Image.Image], continuation: str) -> tuple[float, bool]:
+        """As :meth:`LlavaRunner.loglikelihood`; the continuation's tokens are the last ones, so
+        the image token's expansion into patch features does not move them."""
+        prompt = self.prompt(question, len(images))
+        full = self._inputs(prompt + continuation, images)
+        n_cont = full["input_ids"].shape[1] - self._inputs(prompt, [])["input_ids"].shape[1]
+        if n_cont <= 0:
+            return 0.0, True
+        logits = self.model(**full).logits[0, -n_cont - 1 : -1].float()
+        target = full["input_ids"][0, -n_cont:]
+        total = torch.log_softmax(logits, dim=-1).gather(1, target[:, None]).sum().item()
+        return total, bool((logits.argmax(-1) == target).all())
 
 
 def build_tiny_llava(out_dir: str | Path, seed: int = 0, image_size: int = 32) -> Path:

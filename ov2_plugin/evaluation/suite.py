@@ -42,10 +42,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..data.instructions import LETTERS
 from ..data.scenes import COLOURS, COUNT_WORDS, SHAPES, WORDS, Scene, make_scene
 
 DEFAULT_SEED = 20_251_126  # distinct from the training seeds of the built-in data
-LETTERS = ("a", "b", "c")
 
 # task -> (kind, VLMEvalKit TSV name). The TSV name picks VLMEvalKit's scoring rule by substring
 # ("TextVQA" -> VQA accuracy, "POPE" -> POPE rating, "MME" -> MME rating).
@@ -250,11 +250,11 @@ def write_tsv(task: str, items: list[Item], path: Path, image_size: int) -> None
             "image": base64.b64encode(_png(it.scene, image_size)).decode(),
             "image_path": f"{it.question_id}.png",
             "question": it.question,
-            "answer": it.answer.capitalize() if kind in ("pope", "mme") else it.answer.upper() if kind == "choice" else str(it.answers),
+            "answer": it.answer.capitalize() if kind in ("pope", "mme") else it.answer if kind == "choice" else str(it.answers),
             "category": it.category,
         }
         if kind == "choice":
-            row.update({letter.upper(): option for letter, option in zip(LETTERS, it.choices)})
+            row.update(dict(zip(LETTERS, it.choices)))
         rows.append(row)
     pd.DataFrame(rows).to_csv(path, sep="\t", index=False)
 

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .runner import LlavaRunner
+from .runner import make_runner
 from .suite import TASKS, VLMEVAL_NAMES
 
 _grad_enabled = torch.is_grad_enabled()
@@ -107,9 +107,10 @@ class Ov2LlavaVLM(BaseModel):
     INSTALL_REQ = False
     INTERLEAVE = False
 
-    def __init__(self, model_path: str, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 16, **kwargs):
+    def __init__(self, model_path: str, device: str = "cpu", dtype: str = "float32", max_new_tokens: int = 16,
+                 conv_template: str = "vicuna_v1", **kwargs):
         super().__init__()
-        self.runner = LlavaRunner(model_path, device=device, dtype=dtype)
+        self.runner = make_runner(model_path, device, dtype, conv_template=conv_template)
         self.max_new_tokens = int(max_new_tokens)
 
     def use_custom_prompt(self, dataset) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, PreTrainedTokenizerFast
 
 SPECIAL_TOKENS = ("<unk>", "<s>", "</s>", "<pad>", "<image>")
@@ -17,17 +17,19 @@ PUNCTUATION = tuple(".,:;?!\"'()-")
 
 
 def build_word_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
-    """A lower-casing, whitespace-and-punctuation word tokenizer: ids 0-4 are the special tokens.
+    """A case-preserving whitespace-and-punctuation word tokenizer: ids 0-4 are the special tokens.
 
-    Words outside the list map to ``<unk>``; punctuation marks are always in the vocabulary and
+    Each word is in the vocabulary as given, lower-cased, capitalised and upper-cased, so "Which"
+    or "USER" in a prompt is known and an upper-case option letter survives decoding, as
+    multiple-choice parsers need. Words outside the list map to ``<unk>``; punctuation marks are always in the vocabulary and
     a BOS is prepended when ``add_special_tokens`` is on. ``<image>`` is a special token, so LLaVA's
     processors never split it.
     """
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
-    for word in [*PUNCTUATION, *sorted({w.lower() for w in words})]:
+    forms = {form for w in words for form in (w, w.lower(), w.capitalize(), w.upper())}
+    for word in [*PUNCTUATION, *sorted(forms)]:
         vocab.setdefault(word, len(vocab))
     core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    core.normalizer = normalizers.Lowercase()
     core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     core.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
     core.decoder = decoders.WordPiece(prefix="##", cleanup=True)
