@@ -110,3 +110,18 @@ def test_a_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_good_ch
     assert newest_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
     kept = load_file(tmp_path / "checkpoint-2" / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in kept.values())
+
+
+def test_unmasked_tuning_feeds_every_visual_token_in_the_final_steps_only(tmp_path, tiny_model):
+    from ov2_plugin.pretrain import UnmaskedTuning
+
+    seen = []
+    tiny_model.decoder.image_projection.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    trainer = tiny_trainer(tmp_path, tiny_model, max_steps=4, save_steps=10)
+    trainer.add_callback(UnmaskedTuning(tiny_model, 0.5))
+    trainer.train()
+    n = (32 // tiny_model.config.vision_config.patch_size) ** 2
+    assert seen == [int(n * 0.35)] * 2 + [n] * 2  # steps 1-2 dropped, 3-4 unmasked
+    assert tiny_model.config.keep_ratio == 0.35  # the saved config keeps the recipe's ratio
+    with pytest.raises(ValueError, match="unmasked_tuning"):
+        UnmaskedTuning(tiny_model, 1.0)

@@ -2,7 +2,7 @@
 
     python -m ov2_plugin.llava.end_to_end --output_dir runs/llava-e2e
 
-1. ``ov2 pretrain``: a tiny OpenVision 2 on the built-in captioned scenes;
+1. ``ov2 pretrain``: the quickstart's small tiny OpenVision 2 on the built-in captioned scenes;
 2. the same tower architecture with random weights, as the control;
 3. for each tower, the identical LLaVA pipeline with the same random Llama and data:
    stage 1 (projector on captions, ``ov2 llava-train --tune_mm_mlp_adapter``) ->
@@ -28,8 +28,8 @@ from .build import load_llava
 from .tiny import build_word_tokenizer, tiny_llama_config
 
 FULL = dict(
-    image_size=32,
-    pretrain_steps=200,
+    image_size=64,
+    pretrain_steps=2400,
     pretrain_batch=32,
     stage1_scenes=1000,
     stage1_steps=30,
@@ -56,40 +56,15 @@ QUICK = dict(
 
 
 def pretrain_tower(out: Path, cfg: dict, bf16: bool) -> Path:
+    """``ov2 pretrain`` with the quickstart's recipe (model, data, optimiser), shortened to ``pretrain_steps``."""
     from ..pretrain import main as pretrain_main
 
-    pretrain_main(
-        [
-            "--preset",
-            "tiny",
-            "--image_size",
-            str(cfg["image_size"]),
-            "--output_dir",
-            str(out),
-            "--max_steps",
-            str(cfg["pretrain_steps"]),
-            "--per_device_train_batch_size",
-            str(cfg["pretrain_batch"]),
-            "--train_samples",
-            str(cfg["pretrain_steps"] * cfg["pretrain_batch"]),
-            "--learning_rate",
-            "2e-3",
-            "--eval_samples",
-            "0",
-            "--save_strategy",
-            "no",
-            "--logging_steps",
-            "20",
-            "--use_cpu",
-            "true",
-            "--bf16",
-            str(bf16).lower(),
-            "--seed",
-            "0",
-            "--dataloader_num_workers",
-            "0",
-        ]
-    )
+    flags = {
+        "recipe": "quickstart", "image_size": cfg["image_size"], "output_dir": out, "max_steps": cfg["pretrain_steps"],
+        "per_device_train_batch_size": cfg["pretrain_batch"], "eval_samples": 0, "save_strategy": "no",
+        "use_cpu": "true", "bf16": str(bf16).lower(), "seed": 0, "dataloader_num_workers": 0,
+    }
+    pretrain_main([item for key, value in flags.items() for item in (f"--{key}", str(value))])
     return out
 
 
