@@ -60,6 +60,7 @@ def cmd_run(argv: list[str]) -> None:
 
     extra = ["--compile"] if args.compile else []
     suffix = "" if args.shape == "cpu" else "-" + re.sub(r"[^A-Za-z0-9]+", "", args.shape)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
     stem = args.out_dir / f"results-{args.machine or machine_name(args.device)}{suffix}"
     if args.only_ablate:
         ablation = run_ablation(args.shape, args.precision, args.steps, args.warmup, args.device, args.threads)
