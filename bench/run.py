@@ -75,8 +75,7 @@ def run_comparison(shape: str, variants: list[str], precision: str, steps: int, 
         timed = worker([*common, "--variant", name, "--batch", str(batch), "--steps", str(steps),
                         "--warmup", str(warmup), "--count-flops", "--budget-gib", str(budget / 2**30)])
         print(f"[bench] {name}: {timed['median_step_s']:.3f} s/step, largest batch {timed['largest_batch']}", flush=True)
-        rows[name] = {**timed, "samples_per_s": batch / timed["median_step_s"],
-                      "hardware_efficiency": timed["flops_per_step"] / timed["median_step_s"] / result["matmul_flops_per_s"]}
+        rows[name] = {**timed, "samples_per_s": batch / timed["median_step_s"]}
         if partial:
             partial.write_text(json.dumps({**result, "variants": rows}, indent=1))
     result["variants"] = rows
