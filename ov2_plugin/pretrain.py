@@ -15,10 +15,13 @@ import hashlib
 import json
 import logging
 import math
+import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .checkpointing import NonFiniteLossError, Ov2Trainer, newest_complete_checkpoint
@@ -254,6 +257,15 @@ class UnmaskedTuning(TrainerCallback):
         self.model.config.keep_ratio = self.keep_ratio
 
 
+def attention_kernels(device: torch.device):
+    """The math attention kernel on a CPU, the default choice elsewhere.
+
+    Why: at a ViT's short sequences PyTorch's CPU flash kernel is slower, most of all in the
+    backward pass (quickstart model, 2 cores: 8-15 % per training step; bench/README.md).
+    """
+    return sdpa_kernel([SDPBackend.MATH]) if device.type == "cpu" else nullcontext()
+
+
 def stage_arguments(train_args: PretrainArguments, stage: Stage, run_dir: Path) -> PretrainArguments:
     """This stage's TrainingArguments: the run's, with the stage's overrides and step count."""
     args = copy.copy(train_args)
@@ -283,7 +295,8 @@ def train_stage(model: Ov2ForCaptioning, stage: Stage, data_args: DataArguments,
         data_collator=CaptionCollator(tokenizer),
         callbacks=[UnmaskedTuning(model, args.unmasked_tuning)] if args.unmasked_tuning else None,
     )
-    result = trainer.train(resume_from_checkpoint=resume)
+    with attention_kernels(args.device):
+        result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(run_dir))  # every rank calls it: DeepSpeed gathers ZeRO-3 shards here
     record = {
         "name": stage.name, "image_size": stage.image_size, "steps": trainer.state.global_step,
@@ -294,9 +307,13 @@ def train_stage(model: Ov2ForCaptioning, stage: Stage, data_args: DataArguments,
     return trainer, record
 
 
-def run_pretraining(model_args: ModelArguments, data_args: DataArguments, train_args: PretrainArguments) -> dict:
-    """Train every stage, save model + tokenizer + image processor to ``output_dir``, evaluate, report."""
-    model_args, data_args, train_args, stages = load_recipe(data_args.recipe, model_args, data_args, train_args)
+def run_pretraining(model_args: ModelArguments, data_args: DataArguments, train_args: PretrainArguments,
+                    explicit: frozenset[str] = frozenset()) -> dict:
+    """Train every stage, save model + tokenizer + image processor to ``output_dir``, evaluate, report.
+
+    ``explicit``: flags given on the command line, which win over the recipe's values.
+    """
+    model_args, data_args, train_args, stages = load_recipe(data_args.recipe, model_args, data_args, train_args, explicit)
     out = Path(train_args.output_dir)
     tokenizer = build_caption_tokenizer(build_model_config_max_length(model_args))
     single = len(stages) == 1
@@ -372,9 +389,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     return parser.parse_args_into_dataclasses(args=argv)
 
 
+def explicit_flags(argv: list[str]) -> frozenset[str]:
+    """Field names of the ``--flag`` / ``--flag=value`` items in ``argv``."""
+    return frozenset(a[2:].split("=")[0].replace("-", "_") for a in argv if a.startswith("--"))
+
+
 def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    return run_pretraining(*parse_args(argv))
+    argv = sys.argv[1:] if argv is None else argv
+    return run_pretraining(*parse_args(argv), explicit=explicit_flags(argv))
 
 
 __all__ = ["DataArguments", "ModelArguments", "PretrainArguments", "build_dataset", "build_model", "main",

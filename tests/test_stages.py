@@ -66,3 +66,15 @@ def test_recipe_errors_name_the_problem(tmp_path):
         load_recipe(str(bad), ModelArguments(), DataArguments(), PretrainArguments(output_dir="x"))
     with pytest.raises(FileNotFoundError, match="smoke"):
         load_recipe("no-such-recipe", ModelArguments(), DataArguments(), PretrainArguments(output_dir="x"))
+
+
+def test_command_line_flags_win_over_the_recipe_even_when_they_equal_the_default():
+    from ov2_plugin.pretrain import PretrainArguments, explicit_flags, parse_args
+
+    default_lr = PretrainArguments(output_dir="x").learning_rate
+    argv = ["--recipe", "quickstart", "--output_dir", "x", "--learning_rate", str(default_lr), "--keep_ratio=0.35"]
+    model, data, train = parse_args(argv)
+    _, _, given, _ = load_recipe("quickstart", model, data, train, explicit_flags(argv))
+    assert given.learning_rate == default_lr
+    _, _, from_recipe, _ = load_recipe("quickstart", model, data, train)  # Python API: only non-defaults win
+    assert from_recipe.learning_rate == read_recipe("quickstart")["train"]["learning_rate"] != default_lr

@@ -12,8 +12,8 @@ A recipe has up to four sections::
 Each stage starts from the weights the previous one saved (the sin-cos position table is
 computed for the input's grid, so a resolution switch needs no weight surgery) and has its own
 warmup + cosine schedule. ``samples`` sets the stage's step count from the global batch. A
-recipe value replaces a flag's default; a flag given on the command line with a non-default
-value wins over the recipe. Built-in recipes live beside this file (``--recipe smoke``).
+recipe value replaces a flag's default; a flag given on the command line wins over the recipe
+(from Python, a field set to a non-default value does). Built-in recipes live beside this file (``--recipe smoke``).
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ def read_recipe(name_or_path: str) -> dict:
     return data
 
 
-def _apply(section: str, target, values: dict, defaults_of) -> Any:
-    """Set ``values`` on a copy of ``target`` where the field still holds its default."""
+def _apply(section: str, target, values: dict, defaults_of, explicit: frozenset[str]) -> Any:
+    """Set ``values`` on a copy of ``target`` where the field was not set explicitly and still holds its default."""
     known = {f.name: f for f in dataclasses.fields(defaults_of)}
     unknown = set(values) - set(known)
     if unknown:
@@ -77,7 +77,7 @@ def _apply(section: str, target, values: dict, defaults_of) -> Any:
         f = known[key]
         default = f.default if f.default is not dataclasses.MISSING else None
         current = getattr(target, key)
-        if current != default and current != value:
+        if (key in explicit or current != default) and current != value:
             logger.info("recipe %s.%s=%r ignored: the command line set %r", section, key, value, current)
             continue
         setattr(target, key, value)
@@ -104,14 +104,17 @@ def parse_stages(raw: list, train_fields: set[str]) -> list[Stage]:
     return stages
 
 
-def load_recipe(recipe: str | None, model_args, data_args, train_args):
-    """Apply a recipe to the three argument objects; returns them and the stage list."""
+def load_recipe(recipe: str | None, model_args, data_args, train_args, explicit: frozenset[str] = frozenset()):
+    """Apply a recipe to the three argument objects; returns them and the stage list.
+
+    ``explicit``: field names given on the command line, kept even where they equal the default.
+    """
     if recipe is None:
         return model_args, data_args, train_args, [Stage(name="main", image_size=model_args.image_size)]
     data = read_recipe(recipe)
-    model_args = _apply("model", model_args, data.get("model") or {}, type(model_args))
-    data_args = _apply("data", data_args, data.get("data") or {}, type(data_args))
-    train_args = _apply("train", train_args, data.get("train") or {}, type(train_args))
+    model_args = _apply("model", model_args, data.get("model") or {}, type(model_args), explicit)
+    data_args = _apply("data", data_args, data.get("data") or {}, type(data_args), explicit)
+    train_args = _apply("train", train_args, data.get("train") or {}, type(train_args), explicit)
     train_fields = {f.name for f in dataclasses.fields(type(train_args))}
     stages = parse_stages(data.get("stages") or [{"name": "main"}], train_fields)
     return model_args, data_args, train_args, stages
