@@ -16,3 +16,4 @@ def test_end_to_end_quick_runs_both_pipelines_and_writes_tables(tmp_path):
         assert (tmp_path / name / "stage2" / "adapter_model.safetensors").is_file()
         assert (tmp_path / name / "stage1" / "projector.safetensors").is_file()
     assert "| **all** |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "random.log").is_file()  # the control pipeline ran beside this one, in its own process
