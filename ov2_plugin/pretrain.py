@@ -261,7 +261,7 @@ def attention_kernels(device: torch.device):
     """The math attention kernel on a CPU, the default choice elsewhere.
 
     Why: at a ViT's short sequences PyTorch's CPU flash kernel is slower, most of all in the
-    backward pass (quickstart model, 2 cores: 8-15 % per training step; bench/README.md).
+    backward pass (quickstart run on 2 cores: 5-10 % faster; bench/README.md).
     """
     return sdpa_kernel([SDPBackend.MATH]) if device.type == "cpu" else nullcontext()
 
