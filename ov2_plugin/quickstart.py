@@ -60,7 +60,7 @@ def show_report(metrics: dict, output_dir: Path, console: Console) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="ov2 quickstart", description=__doc__)
     parser.add_argument("--output_dir", default="runs/quickstart")
-    parser.add_argument("--max_steps", type=int, default=None, help="shorten the run (the recipe's 2400 by default)")
+    parser.add_argument("--max_steps", type=int, default=None, help="shorten the run (the recipe's 3000 by default)")
     parser.add_argument("--eval_samples", type=int, default=None, help="held-out scenes to score (the recipe's 256)")
     args = parser.parse_args(argv)
     console = Console()

@@ -14,7 +14,7 @@ def test_quickstart_recipe_builds_the_small_tiny_model_with_token_dropping():
     assert (model.config.vision_config.hidden_size, model.config.vision_config.num_hidden_layers) == (128, 4)
     assert model.config.decoder_config.hidden_size == 128
     assert model.config.keep_ratio == 0.35 and model.config.vision_config.image_size == 64
-    assert t.max_steps == 2400 and t.weight_decay == 0.2 and d.data == "scenes" and len(stages) == 1
+    assert t.max_steps == 3000 and t.weight_decay == 0.2 and d.data == "scenes" and len(stages) == 1
     assert t.learning_rate == 7e-4 and t.unmasked_tuning == 0.5
 
 
