@@ -84,7 +84,12 @@ def test_fused_adamw_updates_as_the_foreach_one():
             v.loss(batch).backward()
             opt.step()
             opt.zero_grad()
-    for pa, pb in zip(a.model.parameters(), b.model.parameters()):
+    for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters()):
+        if name.endswith("qkv.bias"):
+            # The key bias has no gradient in exact arithmetic (softmax ignores a shift shared by
+            # every key), so Adam turns the two kernels' different rounding noise into full steps.
+            d = pa.shape[0] // 3
+            pa, pb = torch.cat([pa[:d], pa[2 * d:]]), torch.cat([pb[:d], pb[2 * d:]])
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
 
