@@ -73,6 +73,7 @@ def test_command_line_flags_win_over_the_recipe_even_when_they_equal_the_default
 
     default_lr = PretrainArguments(output_dir="x").learning_rate
     argv = ["--recipe", "quickstart", "--output_dir", "x", "--learning_rate", str(default_lr), "--keep_ratio=0.35"]
+    assert {"learning_rate", "keep_ratio"} <= explicit_flags(argv)  # both the "--a b" and "--a=b" forms
     model, data, train = parse_args(argv)
     _, _, given, _ = load_recipe("quickstart", model, data, train, explicit_flags(argv))
     assert given.learning_rate == default_lr

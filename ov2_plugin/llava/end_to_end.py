@@ -65,7 +65,7 @@ def pretrain_tower(out: Path, cfg: dict, bf16: bool) -> Path:
     flags = {
         "recipe": "quickstart", "image_size": cfg["image_size"], "output_dir": out, "max_steps": cfg["pretrain_steps"],
         "per_device_train_batch_size": cfg["pretrain_batch"], "eval_samples": 0, "save_strategy": "no",
-        "use_cpu": "true", "bf16": str(bf16).lower(), "seed": 0, "dataloader_num_workers": 0,
+        "use_cpu": "true", "bf16": str(bf16).lower(), "seed": 0,
     }
     pretrain_main([item for key, value in flags.items() for item in (f"--{key}", str(value))])
     return out
@@ -240,7 +240,8 @@ def start_control_pipeline(out: Path, pretrained: Path, args: argparse.Namespace
     cmd = [sys.executable, "-m", __spec__.name, "--output_dir", str(out), "--pretrained", str(pretrained),
            "--only", "random", "--bf16", args.bf16, *(["--quick"] if args.quick else []), "--set", *args.set]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads - threads // 2))}
-    return subprocess.Popen(cmd, env=env, stdout=open(out / "random.log", "w"), stderr=subprocess.STDOUT)
+    with open(out / "random.log", "w") as log:  # the child keeps its own copy of the file
+        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def main(argv: list[str] | None = None) -> dict:
