@@ -3,9 +3,8 @@
 bf16 autocast, SDPA (flash / memory-efficient kernels on CUDA), fused AdamW, and the CUDA
 allocator's expandable segments (less fragmentation, so the largest batch is not cut short by it).
 Peak memory is ``max_memory_allocated``; the largest batch is searched under ``--budget-gib``.
-Sized to finish in under 8 minutes on one H100: two shapes x six variants, one process each,
-a few steps at the timing batch plus one to three steps at the largest batch.
-Not run in the session that wrote it (no GPU was lent): see bench/README.md.
+Two shapes x six variants, one process each, a few steps at the timing batch plus one to three
+steps at the largest batch: about 2.5 minutes per shape on one H200 (results in bench/README.md).
 """
 
 from __future__ import annotations

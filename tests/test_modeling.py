@@ -129,11 +129,21 @@ def test_auto_classes_resolve_without_remote_code(tiny_model, tmp_path):
 def test_hidden_states_follow_the_llava_contract(tiny_model):
     vision = tiny_model.vision_model.eval()
     x = torch.randn(2, 3, 32, 32)
-    for flag in (True, -2, [-2, -1]):
-        out = vision(x, output_hidden_states=flag)
-        assert len(out.hidden_states) == vision.config.num_hidden_layers + 1
-        assert torch.equal(out.hidden_states[-1], out.last_hidden_state)
+    full = vision(x, output_hidden_states=True).hidden_states
+    assert len(full) == vision.config.num_hidden_layers + 1
+    assert torch.equal(full[-1], vision(x).last_hidden_state)
     assert vision(x).hidden_states is None
+    # an index (what transformers' LLaVA passes) keeps that state only, the others are None, as CLIP
+    for selection, kept in ((-2, {-2}), ([-2, 0], {-2, 0})):
+        states = vision(x, output_hidden_states=selection).hidden_states
+        assert len(states) == len(full)
+        for i in range(-len(full), 0):
+            if i in kept or i + len(full) in kept:
+                assert torch.equal(states[i], full[i])
+            else:
+                assert states[i] is None
+    with pytest.raises(IndexError, match="vision_feature_layer"):
+        vision(x, output_hidden_states=len(full))
     cls_first = vision.embeddings(x)[:, 0]
     torch.testing.assert_close(cls_first, vision.embeddings.class_embedding.expand(2, -1))
 

@@ -86,7 +86,9 @@ class Ov2VisionTower(nn.Module):
         return features[:, 1:] if self.select_feature == "patch" else features
 
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.vision_tower(images.to(device=self.device, dtype=self.dtype), output_hidden_states=True)
+        # the selected layer only (CLIPVisionTower asks for all of them and keeps one)
+        pixels = images.to(device=self.device, dtype=self.dtype)
+        out = self.vision_tower(pixels, output_hidden_states=self.select_layer)
         return self.feature_select(out).to(images.dtype)
 
     def forward(self, images):
