@@ -17,3 +17,26 @@ def test_end_to_end_quick_runs_both_pipelines_and_writes_tables(tmp_path):
         assert (tmp_path / name / "stage1" / "projector.safetensors").is_file()
     assert "| **all** |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "random.log").is_file()  # the control pipeline ran beside this one, in its own process
+
+
+def test_seed_redraws_the_language_model_and_the_random_tower(tmp_path):
+    from safetensors.torch import load_file
+
+    from ov2_plugin.image_processing import make_image_processor
+    from ov2_plugin.llava.end_to_end import QUICK, make_language_model, random_tower
+    from ov2_plugin.modeling_vision import Ov2VisionConfig, Ov2VisionModel
+
+    tower, config = tmp_path / "tower", Ov2VisionConfig.from_preset("tiny", image_size=32)
+    Ov2VisionModel(config).save_pretrained(tower)
+    make_image_processor(config).save_pretrained(tower)
+
+    def weights(seed: int, again: str = "") -> tuple[dict, dict]:
+        out = tmp_path / f"{seed}{again}"
+        make_language_model(out / "lm", {**QUICK, "seed": seed})
+        random_tower(tower, out / "tower", seed)
+        return load_file(out / "lm" / "model.safetensors"), load_file(out / "tower" / "model.safetensors")
+
+    first, same, other = weights(0), weights(0, "again"), weights(1)
+    for part in (0, 1):
+        assert all(first[part][k].equal(same[part][k]) for k in first[part])
+        assert not all(first[part][k].equal(other[part][k]) for k in first[part])

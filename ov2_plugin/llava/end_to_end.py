@@ -42,6 +42,7 @@ FULL = dict(
     eval_scenes=120,
     lm_hidden=128,
     lm_layers=3,
+    seed=0,
 )
 QUICK = dict(
     image_size=32,
@@ -55,6 +56,7 @@ QUICK = dict(
     eval_scenes=4,
     lm_hidden=64,
     lm_layers=2,
+    seed=0,
 )
 
 
@@ -65,21 +67,21 @@ def pretrain_tower(out: Path, cfg: dict, bf16: bool) -> Path:
     flags = {
         "recipe": "quickstart", "image_size": cfg["image_size"], "output_dir": out, "max_steps": cfg["pretrain_steps"],
         "per_device_train_batch_size": cfg["pretrain_batch"], "eval_samples": 0, "save_strategy": "no",
-        "use_cpu": "true", "bf16": str(bf16).lower(), "seed": 0,
+        "use_cpu": "true", "bf16": str(bf16).lower(), "seed": cfg["seed"],
     }
     pretrain_main([item for key, value in flags.items() for item in (f"--{key}", str(value))])
     return out
 
 
-def random_tower(pretrained: Path, out: Path) -> Path:
-    """The pretrained tower's exact architecture and preprocessing, freshly initialised (seed 0)."""
+def random_tower(pretrained: Path, out: Path, seed: int) -> Path:
+    """The pretrained tower's exact architecture and preprocessing, freshly initialised."""
     from transformers import AutoImageProcessor
 
     from ..loading import load_vision_model
     from ..modeling_vision import Ov2VisionModel
 
     config = load_vision_model(pretrained).config
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     Ov2VisionModel(config).save_pretrained(out)
     AutoImageProcessor.from_pretrained(pretrained).save_pretrained(out)
     return out
@@ -90,7 +92,7 @@ def make_language_model(out: Path, cfg: dict) -> Path:
 
     tokenizer = build_word_tokenizer(vocabulary())
     tokenizer.save_pretrained(out)
-    torch.manual_seed(0)
+    torch.manual_seed(cfg["seed"])
     # Fan-in init (1/sqrt(width)) instead of transformers' 0.02: LoRA leaves the head and the final
     # norm frozen, and with a 0.02 head on 128-wide states no logit can exceed ~2.5, which caps
     # how sure any answer can get (stage 2's loss sat at 3.4 nats whatever the tower).
@@ -108,7 +110,7 @@ def run_pipeline(tower: Path, lm: Path, data: Path, out: Path, cfg: dict) -> Pat
         "--per_device_train_batch_size",
         str(cfg["batch"]),
         "--seed",
-        "0",
+        str(cfg["seed"]),
         "--logging_steps",
         "20",
         "--dataloader_num_workers",
@@ -253,7 +255,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--only", choices=["pretrained", "random"], default=None,
                    help="Run one pipeline; tables are written once both exist. Without it the random-tower "
                         "pipeline runs in a child process beside this one, each on half the CPU threads.")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=INT", help="Override sizes, e.g. stage2_steps=200.")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=INT",
+                   help="Override sizes, e.g. stage2_steps=200. seed=N re-draws every random choice (weights, "
+                        "training order; the data stay the same), to see the run-to-run spread.")
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     cfg.update({k: int(v) for k, v in (kv.split("=") for kv in args.set)})
@@ -267,7 +271,7 @@ def main(argv: list[str] | None = None) -> dict:
     # shared inputs are made once, so a second process (--only) reuses them untouched
     control, lm, data = out / "random_tower", out / "lm", out / "data"
     if not (control / "config.json").is_file():
-        random_tower(pretrained, control)
+        random_tower(pretrained, control, cfg["seed"])
     if not (lm / "config.json").is_file():
         make_language_model(lm, cfg)
     if not (data / "instructions_0.json").is_file():
