@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "convert": ("ov2_plugin.convert.cli", "main", "official OpenVision (2) / open_clip weights <-> ours; CLIP/SigLIP warm start"),
     "llava-build": ("ov2_plugin.llava.build", "main", "assemble an HF LLaVA with an OpenVision 2 vision tower"),
     "llava-train": ("ov2_plugin.llava.train", "main", "LLaVA stage 1 / stage 2 / LoRA training with an OpenVision 2 tower"),
+    "probe": ("ov2_plugin.evaluation.scene_probe", "main", "linear probes of towers' features on the built-in scenes (no language model)"),
     "eval": ("ov2_plugin.evaluation.run", "main", "score a LLaVA model via lmms-eval / VLMEvalKit / lm-eval ('ov2 eval suite' writes the suite)"),
 }
 

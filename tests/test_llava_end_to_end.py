@@ -2,7 +2,10 @@
 
 import json
 
+import pytest
+
 from ov2_plugin.data.instructions import QUESTION_TYPES
+from ov2_plugin.evaluation.scene_probe import ATTRIBUTES
 from ov2_plugin.llava.end_to_end import main
 
 
@@ -15,8 +18,25 @@ def test_end_to_end_quick_runs_both_pipelines_and_writes_tables(tmp_path):
         assert all(0.0 <= acc <= 1.0 for acc in saved[name]["per_type"].values())
         assert (tmp_path / name / "stage2" / "adapter_model.safetensors").is_file()
         assert (tmp_path / name / "stage1" / "projector.safetensors").is_file()
-    assert "| **all** |" in (tmp_path / "results.md").read_text()
+        probe = saved[name]["probe"]  # each tower was also probed without the language model
+        assert set(probe["patch"]) == set(probe["pooled"]) == set(probe["majority"]) == set(ATTRIBUTES)
+    table = (tmp_path / "results.md").read_text()
+    assert "| **all** |" in table and "| colour |" in table
     assert (tmp_path / "random.log").is_file()  # the control pipeline ran beside this one, in its own process
+
+
+def test_output_dir_holds_one_run(tmp_path):
+    """Shared inputs are reused from the folder, so other settings or foreign files must stop the run."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "eval.json").write_text("{}")
+    with pytest.raises(ValueError, match="not empty"):
+        main(["--quick", "--output_dir", str(out)])
+    (out / "eval.json").unlink()
+    main(["--quick", "--output_dir", str(out), "--only", "random"])
+    assert (out / "random" / "eval.json").is_file() and not (out / "results.json").exists()
+    with pytest.raises(ValueError, match="other settings"):
+        main(["--quick", "--output_dir", str(out), "--set", "seed=1"])
 
 
 def test_seed_redraws_the_language_model_and_the_random_tower(tmp_path):

@@ -7,7 +7,8 @@
 3. for each tower, the identical LLaVA pipeline with the same random Llama and data:
    stage 1 (projector on captions, ``ov2 llava-train --tune_mm_mlp_adapter``) ->
    stage 2 (LoRA instruction tuning on built-in questions) ->
-   greedy answers to held-out questions (other scenes, other seed), exact match per type.
+   greedy answers to held-out questions (other scenes, other seed), exact match per type;
+4. linear probes of each tower's features on held-out scenes, to tell the tower from the language model.
 Writes ``results.json`` and ``results.md``. ``--quick`` shrinks every stage to a smoke test.
 """
 
@@ -27,6 +28,7 @@ import torch
 
 from ..data.instructions import QUESTION_TYPES, instruction_records, vocabulary, write_dataset
 from ..data.scenes import make_scene
+from ..evaluation.scene_probe import ATTRIBUTES, probe_towers
 from .build import load_llava
 from .tiny import build_word_tokenizer, tiny_llama_config
 
@@ -42,6 +44,8 @@ FULL = dict(
     eval_scenes=120,
     lm_hidden=128,
     lm_layers=3,
+    probe_train_scenes=2000,
+    probe_test_scenes=500,
     seed=0,
 )
 QUICK = dict(
@@ -56,6 +60,8 @@ QUICK = dict(
     eval_scenes=4,
     lm_hidden=64,
     lm_layers=2,
+    probe_train_scenes=40,
+    probe_test_scenes=20,
     seed=0,
 )
 
@@ -225,10 +231,35 @@ def markdown(results: dict) -> str:
                 f"{pre['per_type'][t]:.3f} |"
             )
     rows.append(f"| **all** | {sum(pre['counts'].values())} | | {rnd['overall']:.3f} | {pre['overall']:.3f} |")
+    rows += ["", "The towers alone: linear probes of the features LLaVA's projector receives (no language model; "
+             "`ov2_plugin.evaluation.scene_probe`), held-out scenes:", "",
+             "| attribute | majority class | random tower (patch / pooled) | OpenVision 2 tower (patch / pooled) |",
+             "|---|---|---|---|"]
+    for a in ATTRIBUTES:
+        cells = " | ".join(f"{r['probe']['patch'][a]:.3f} / {r['probe']['pooled'][a]:.3f}" for r in (rnd, pre))
+        rows.append(f"| {a} | {pre['probe']['majority'][a]:.3f} | {cells} |")
     times = ", ".join(f"{k} {v:.0f} s" for k, v in results["wall_s"].items())
     return "\n".join(rows) + (
         f"\n\nWall time: {times}; CPU time {results['cpu_s']:.0f} s. Settings: `{json.dumps(results['settings'])}`\n"
     )
+
+
+def claim_output_dir(out: Path, cfg: dict, tower: Path, only: str | None) -> None:
+    """One set of settings per folder, and no result from an earlier run in it.
+
+    Why: the language model, the random tower and the data are reused when present (the second
+    process of a side-by-side run relies on that), so a folder made with another seed or size
+    would silently mix runs; and an old ``eval.json`` would end up in the new tables.
+    """
+    stamp, mine = out / "settings.json", {"settings": cfg, "tower": str(tower)}
+    if stamp.is_file() and json.loads(stamp.read_text()) != mine:
+        raise ValueError(f"{out} holds an end-to-end run with other settings (see {stamp}); pass a new --output_dir.")
+    if not stamp.is_file() and out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty and holds no end-to-end run settings; pass a new --output_dir.")
+    out.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(mine))
+    for name in ("pretrained", "random") if only is None else (only,):
+        (out / name / "eval.json").unlink(missing_ok=True)
 
 
 def start_control_pipeline(out: Path, pretrained: Path, args: argparse.Namespace) -> subprocess.Popen:
@@ -264,10 +295,11 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.output_dir)
     wall, t0 = {}, time.time()
     if args.pretrained:
-        pretrained = Path(args.pretrained)
-        cfg["image_size"] = load_llava_tower_size(pretrained)
-    else:
-        pretrained = pretrain_tower(out / "ov2", cfg, args.bf16 == "true")
+        cfg["image_size"] = load_llava_tower_size(args.pretrained)
+    pretrained = Path(args.pretrained or out / "ov2")
+    claim_output_dir(out, cfg, pretrained, args.only)
+    if not args.pretrained:
+        pretrain_tower(pretrained, cfg, args.bf16 == "true")
     # shared inputs are made once, so a second process (--only) reuses them untouched
     control, lm, data = out / "random_tower", out / "lm", out / "data"
     if not (control / "config.json").is_file():
@@ -288,6 +320,8 @@ def main(argv: list[str] | None = None) -> dict:
         t = time.time()
         model_dir = run_pipeline(tower, lm, data, out / name, cfg)
         result = evaluate(model_dir, cfg)
+        probe = probe_towers({name: tower}, cfg["probe_train_scenes"], cfg["probe_test_scenes"])
+        result["probe"] = {"majority": probe["majority"], **probe["towers"][name]}
         result["wall_s"] = time.time() - t
         result["cpu_s"] = resource.getrusage(resource.RUSAGE_SELF).ru_utime
         (out / name / "eval.json").write_text(json.dumps(result, indent=2))
