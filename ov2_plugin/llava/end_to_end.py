@@ -40,6 +40,7 @@ FULL = dict(
     stage1_steps=30,
     stage2_scenes=2000,
     stage2_steps=300,
+    lora_r=32,  # see docs/llava_end_to_end.md: r 128 is a full-rank update on this 128-wide model
     batch=32,
     eval_scenes=120,
     lm_hidden=128,
@@ -56,6 +57,7 @@ QUICK = dict(
     stage1_steps=2,
     stage2_scenes=8,
     stage2_steps=2,
+    lora_r=8,
     batch=4,
     eval_scenes=4,
     lm_hidden=64,
@@ -156,9 +158,9 @@ def run_pipeline(tower: Path, lm: Path, data: Path, out: Path, cfg: dict) -> Pat
             "--lora_enable",
             "true",
             "--lora_r",
-            "128",
+            str(cfg["lora_r"]),
             "--lora_alpha",
-            "256",
+            str(2 * cfg["lora_r"]),  # LLaVA-1.5's alpha = 2 r
             "--lora_dropout",
             "0.0",
             "--learning_rate",
