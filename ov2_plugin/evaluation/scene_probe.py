@@ -118,7 +118,8 @@ def _per_attribute(values: dict[str, float], truth: dict[str, torch.Tensor]) -> 
     out = {}
     for a in ATTRIBUTES:
         weights = {k: _asked(t, k).sum().item() for k, t in truth.items() if k.split("/")[0] == a}
-        out[a] = sum(values[k] * w for k, w in weights.items() if w) / sum(weights.values())
+        total = sum(weights.values())
+        out[a] = sum(values[k] * w for k, w in weights.items() if w) / total if total else float("nan")
     return out
 
 
@@ -151,7 +152,7 @@ def _majority_accuracy(truth: torch.Tensor, name: str) -> float:
 def markdown(results: dict) -> str:
     names = list(results["towers"])
     head = " | ".join(f"{n} ({v})" for n in names for v in ("patch", "pooled"))
-    rows = [f"| attribute | majority class | {head} |", "|---|---|" + "---|" * (2 * len(names))]
+    rows = [f"| attribute | majority answer | {head} |", "|---|---|" + "---|" * (2 * len(names))]
     for a in ATTRIBUTES:
         cells = " | ".join(f"{results['towers'][n][v][a]:.3f}" for n in names for v in ("patch", "pooled"))
         rows.append(f"| {a} | {results['majority'][a]:.3f} | {cells} |")

@@ -235,7 +235,7 @@ def markdown(results: dict) -> str:
     rows.append(f"| **all** | {sum(pre['counts'].values())} | | {rnd['overall']:.3f} | {pre['overall']:.3f} |")
     rows += ["", "The towers alone: linear probes of the features LLaVA's projector receives (no language model; "
              "`ov2_plugin.evaluation.scene_probe`), held-out scenes:", "",
-             "| attribute | majority class | random tower (patch / pooled) | OpenVision 2 tower (patch / pooled) |",
+             "| attribute | majority answer | random tower (patch / pooled) | OpenVision 2 tower (patch / pooled) |",
              "|---|---|---|---|"]
     for a in ATTRIBUTES:
         cells = " | ".join(f"{r['probe']['patch'][a]:.3f} / {r['probe']['pooled'][a]:.3f}" for r in (rnd, pre))
