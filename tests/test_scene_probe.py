@@ -37,8 +37,8 @@ def test_probe_command_writes_tables_for_each_tower(tmp_path):
     from ov2_plugin.modeling_vision import Ov2VisionConfig, Ov2VisionModel
 
     config = Ov2VisionConfig.from_preset("tiny", image_size=32)
-    for name in ("a", "b"):
-        torch.manual_seed(len(name))
+    for seed, name in enumerate(("a", "b")):
+        torch.manual_seed(seed)  # two different towers
         Ov2VisionModel(config).save_pretrained(tmp_path / name)
         make_image_processor(config).save_pretrained(tmp_path / name)
     main([str(tmp_path / "a"), str(tmp_path / "b"), "--train_scenes", "60", "--test_scenes", "30",

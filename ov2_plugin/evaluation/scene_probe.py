@@ -42,9 +42,14 @@ def scene_targets(scene: Scene) -> dict[str, int]:
     return out
 
 
+def attribute_of(name: str) -> str:
+    """``"colour/circle"`` -> ``"colour"``: the question type a target serves."""
+    return name.split("/")[0]
+
+
 def num_classes(name: str) -> int:
-    kind = name.split("/")[0]
-    return {"word": len(WORDS) + 1, "presence": 2, "count": 4, "colour": len(COLOUR_NAMES) + 1, "position": 4}[kind]
+    sizes = {"word": len(WORDS) + 1, "presence": 2, "count": 4, "colour": len(COLOUR_NAMES) + 1, "position": 4}
+    return sizes[attribute_of(name)]
 
 
 @torch.no_grad()
@@ -101,14 +106,14 @@ def ridge_probe(train_x: torch.Tensor, train_y: dict[str, torch.Tensor], test_x:
 def _asked(truth: torch.Tensor, name: str) -> torch.Tensor:
     """Where the question is asked: count, colour and position only about a shape that is there
     (position: a single object); presence and the word always."""
-    return truth > 0 if name.split("/")[0] in CONDITIONAL else torch.ones_like(truth, dtype=torch.bool)
+    return truth > 0 if attribute_of(name) in CONDITIONAL else torch.ones_like(truth, dtype=torch.bool)
 
 
 def _accuracy(scores: torch.Tensor, truth: torch.Tensor, name: str) -> float:
     """Accuracy where the question is asked, choosing among the real answers (never "none");
     NaN when it is asked nowhere."""
     asked = _asked(truth, name)
-    if name.split("/")[0] in CONDITIONAL:
+    if attribute_of(name) in CONDITIONAL:
         scores = torch.cat([torch.full_like(scores[:, :1], -torch.inf), scores[:, 1:]], 1)
     return (scores[asked].argmax(1) == truth[asked]).double().mean().item()
 
@@ -117,7 +122,7 @@ def _per_attribute(values: dict[str, float], truth: dict[str, torch.Tensor]) -> 
     """Shape-level numbers pooled into one per attribute, weighted by how often each is asked."""
     out = {}
     for a in ATTRIBUTES:
-        weights = {k: _asked(t, k).sum().item() for k, t in truth.items() if k.split("/")[0] == a}
+        weights = {k: _asked(t, k).sum().item() for k, t in truth.items() if attribute_of(k) == a}
         total = sum(weights.values())
         out[a] = sum(values[k] * w for k, w in weights.items() if w) / total if total else float("nan")
     return out
