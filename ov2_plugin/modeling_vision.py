@@ -108,7 +108,9 @@ class Ov2PreTrainedModel(PreTrainedModel):
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Conv2d):
-            nn.init.trunc_normal_(module.weight, std=module.weight[0].numel() ** -0.5)
+            # fan-in from the layer, not its weight: under ZeRO-3 a rank holds an empty shard of it
+            fan_in = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            nn.init.trunc_normal_(module.weight, std=fan_in**-0.5)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=std)
         elif isinstance(module, nn.LayerNorm):

@@ -16,13 +16,14 @@ import json
 import logging
 import math
 import sys
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.integrations import set_hf_deepspeed_config, unset_hf_deepspeed_config
 
 from .checkpointing import NonFiniteLossError, Ov2Trainer, newest_complete_checkpoint
 from .configuration import Ov2Config
@@ -352,6 +353,23 @@ def build_model_config_max_length(model_args: ModelArguments) -> int:
     return Ov2Config.from_preset(model_args.preset).decoder_config.max_length
 
 
+@contextmanager
+def loading_in_one_process(args: TrainingArguments):
+    """``from_pretrained`` whole, in one process, while a ZeRO-3 run is configured.
+
+    Why: under ZeRO-3 ``from_pretrained`` partitions the weights as it loads them, a collective
+    step the other ranks never join: rank 0 alone would wait for them until the connection drops.
+    """
+    if not args.deepspeed:
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(args.hf_deepspeed_config)
+
+
 def finish(trainer: Trainer | None, records: list[dict], data_args: DataArguments, train_args: PretrainArguments,
            tokenizer, out: Path, single: bool) -> dict:
     """Rank 0 saves the final model folder, evaluates on held-out scenes and writes the report."""
@@ -362,7 +380,8 @@ def finish(trainer: Trainer | None, records: list[dict], data_args: DataArgument
     if trainer is not None and single and not train_args.deepspeed:
         model = trainer.model  # already saved to ``out`` by train_stage
     else:  # the last stage's saved weights (whole, even under ZeRO-3)
-        model = Ov2ForCaptioning.from_pretrained(str(out if single else out / f"stage{len(records)}-{last['name']}"))
+        with loading_in_one_process(train_args):
+            model = Ov2ForCaptioning.from_pretrained(str(out if single else out / f"stage{len(records)}-{last['name']}"))
         if not single:
             model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -1,4 +1,4 @@
-"""One code path, three launches: 1 process, DDP (torchrun, gloo) and DeepSpeed ZeRO-2 (2 CPU processes).
+"""One code path, four launches: 1 process, DDP (torchrun, gloo), DeepSpeed ZeRO-2 and ZeRO-3 (2 CPU processes).
 
 Each launch trains the tiny preset at 32 px for 3 steps on the same global batch of 8
 (1 x 8, or 2 x 4 with the sequential sampler, so the union of the two ranks' batches is the
@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from safetensors.torch import load_file
 
 pytest.importorskip("deepspeed")
 
@@ -68,18 +69,23 @@ def losses(out: Path, proc: subprocess.Popen) -> list[float]:
     return [loss for _, loss in data["loss_history"]]
 
 
-def test_ddp_and_deepspeed_zero2_match_one_process_with_the_same_global_batch(tmp_path):
+def test_ddp_and_deepspeed_zero2_zero3_match_one_process_with_the_same_global_batch(tmp_path):
     runs = {
         "single": launch(tmp_path / "single", 1),
         "ddp": launch(tmp_path / "ddp", 2),
-        "zero2": launch(tmp_path / "zero2", 2, "--deepspeed", str(ROOT / "integration/deepspeed/zero2.json")),
+        **{zero: launch(tmp_path / zero, 2, "--deepspeed", str(ROOT / f"integration/deepspeed/{zero}.json"))
+           for zero in ("zero2", "zero3")},
     }
     result = {name: losses(tmp_path / name, proc) for name, proc in runs.items()}
     print(json.dumps(result))
     reference = result["single"]
     assert reference[-1] < reference[0]  # it trains
-    for name in ("ddp", "zero2"):
+    for name in ("ddp", "zero2", "zero3"):
         for step, (a, b) in enumerate(zip(reference, result[name]), 1):
             assert abs(a - b) <= TOLERANCE * a, f"{name} step {step}: {b:.4f} vs one process {a:.4f}"
-    log = (tmp_path / "zero2.log").read_text()
-    assert "DeepSpeed" in log or "deepspeed" in log  # the engine really ran
+    for zero in ("zero2", "zero3"):
+        log = (tmp_path / f"{zero}.log").read_text()
+        assert "DeepSpeed" in log or "deepspeed" in log  # the engine really ran
+    single = load_file(tmp_path / "single" / "model.safetensors")
+    sharded = load_file(tmp_path / "zero3" / "model.safetensors")  # ZeRO-3 holds shards; the save is whole
+    assert {k: v.shape for k, v in sharded.items()} == {k: v.shape for k, v in single.items()}

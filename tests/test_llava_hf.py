@@ -183,6 +183,24 @@ def test_stage1_then_lora_changes_only_lora_and_projector_and_reloads_elsewhere(
     assert here == tokens[0]
 
 
+def test_same_seed_gives_the_same_adapter_whatever_ran_before(parts, tmp_path):
+    """The LoRA weights are drawn after seeding, so a run repeats exactly in any process state."""
+    from ov2_plugin.llava import save_llava
+
+    save_llava(*build_llava(parts / "tower", parts / "lm"), tmp_path / "llava")
+    adapters = []
+    for run, draws in enumerate((1, 1000)):
+        torch.rand(draws)  # leave the process's random state different before each run
+        train_main(
+            ["--model_name_or_path", str(tmp_path / "llava"), "--data_path", str(parts / "data" / "instructions_0.json"),
+             "--lora_enable", "true", "--lora_r", "4", "--lora_alpha", "8", "--max_steps", "1", "--seed", "0",
+             "--use_cpu", "true", "--per_device_train_batch_size", "2", "--output_dir", str(tmp_path / str(run))]
+        )
+        adapters.append(load_file(tmp_path / str(run) / "adapter_model.safetensors"))
+    assert adapters[0].keys() == adapters[1].keys()
+    assert all(torch.equal(adapters[0][k], adapters[1][k]) for k in adapters[0])
+
+
 def test_reload_without_import_fails_and_folder_names_the_import(parts, tmp_path):
     from ov2_plugin.llava import save_llava
 

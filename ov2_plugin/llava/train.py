@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from .build import build_llava, load_llava, save_llava
 from .data import ConversationCollator, LlavaConversations
@@ -87,6 +89,12 @@ def load_or_build(m: ModelArguments, t: LlavaTrainingArguments):
         return load_llava(m.model_name_or_path)
     if not (m.vision_tower and m.language_model):
         raise ValueError("Pass --model_name_or_path (a LLaVA folder) or both --vision_tower and --language_model.")
+    if is_deepspeed_zero3_enabled():
+        # the parts load already partitioned under ZeRO-3, and a partitioned part cannot be copied into a new model
+        raise ValueError(
+            "A new LLaVA model cannot be assembled under ZeRO-3. Run stage 1 with integration/deepspeed/zero2.json "
+            "(as LLaVA-1.5 does), or build the model first with 'ov2 llava-build' and pass --model_name_or_path."
+        )
     tower = m.vision_tower.removeprefix("ov2:")
     strategy = {"patch": "default", "cls_patch": "full"}.get(m.mm_vision_select_feature)
     if strategy is None:
@@ -175,7 +183,36 @@ def save_outputs(model, processor, t: LlavaTrainingArguments) -> Path:
     return out
 
 
+def start_deepspeed(t: LlavaTrainingArguments) -> None:
+    """Start DeepSpeed's process group before any weights load.
+
+    Why: under ZeRO-3 ``from_pretrained`` partitions the weights as it loads them, sized by
+    DeepSpeed's own process group. On GPUs ``TrainingArguments`` starts that group; with
+    ``--use_cpu`` it starts only torch.distributed, and ZeRO-3 then plans for one process and
+    stops ("train_batch_size is not equal to micro_batch_per_gpu * ... * world_size").
+    """
+    if t.deepspeed:
+        import deepspeed
+
+        deepspeed.init_distributed()  # joins the torch.distributed group TrainingArguments started
+
+
+def gathered(model):
+    """Every weight whole on every rank while saving (ZeRO-3 holds a shard per rank); a no-op otherwise.
+
+    All ranks must enter it. It costs one full copy of the model per rank for the save, what
+    ZeRO-2 holds throughout; changes made inside (merging LoRA) are not written back.
+    """
+    if not is_deepspeed_zero3_enabled():
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
+
+
 def run_training(m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments) -> dict:
+    start_deepspeed(t)
+    set_seed(t.seed)  # before the projector and the LoRA weights are drawn (Trainer seeds only once it starts)
     model, processor = load_or_build(m, t)
     if t.tune_mm_mlp_adapter and t.lora_enable:
         raise ValueError("--tune_mm_mlp_adapter (stage 1) trains the projector only; drop --lora_enable.")
@@ -207,10 +244,11 @@ def run_training(m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments)
         "trainable_parameters": trainable,
         "samples": len(dataset),
     }
-    if trainer.is_world_process_zero():
-        out = save_outputs(trainer.model, processor, t)
-        history = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-        (out / "train_report.json").write_text(json.dumps({**metrics, "loss_history": history}, indent=2))
+    with gathered(trainer.model):
+        if trainer.is_world_process_zero():
+            out = save_outputs(trainer.model, processor, t)
+            history = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+            (out / "train_report.json").write_text(json.dumps({**metrics, "loss_history": history}, indent=2))
     return metrics
 
 
