@@ -183,7 +183,7 @@ def save_outputs(model, processor, t: LlavaTrainingArguments) -> Path:
     return out
 
 
-def start_deepspeed(t: LlavaTrainingArguments) -> None:
+def start_deepspeed() -> None:
     """Start DeepSpeed's process group before any weights load.
 
     Why: under ZeRO-3 ``from_pretrained`` partitions the weights as it loads them, sized by
@@ -191,10 +191,10 @@ def start_deepspeed(t: LlavaTrainingArguments) -> None:
     ``--use_cpu`` it starts only torch.distributed, and ZeRO-3 then plans for one process and
     stops ("train_batch_size is not equal to micro_batch_per_gpu * ... * world_size").
     """
-    if t.deepspeed:
-        import deepspeed
+    import deepspeed
 
-        deepspeed.init_distributed()  # joins the torch.distributed group TrainingArguments started
+    # joins torch.distributed's group when one is up, else starts it from the launcher's variables
+    deepspeed.init_distributed(dist_backend=None if torch.cuda.is_available() else "gloo")
 
 
 def gathered(model):
@@ -211,7 +211,8 @@ def gathered(model):
 
 
 def run_training(m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments) -> dict:
-    start_deepspeed(t)
+    if t.deepspeed:
+        start_deepspeed()
     set_seed(t.seed)  # before the projector and the LoRA weights are drawn (Trainer seeds only once it starts)
     model, processor = load_or_build(m, t)
     if t.tune_mm_mlp_adapter and t.lora_enable:
