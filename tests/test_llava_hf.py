@@ -237,3 +237,41 @@ def test_optimizer_gives_projector_and_unfrozen_tower_their_own_learning_rates(p
     assert all("multi_modal_projector" in names[i] for i in by_lr[2e-5])
     assert all("vision_tower" in names[i] for i in by_lr[3e-6])
     assert all("lora_" in names[i] for i in by_lr[1e-4])
+
+
+def test_gradient_checkpointing_trains_lora_as_without_it(parts, tmp_path):
+    """The language model's embeddings are frozen under LoRA: its checkpointed blocks still get gradients."""
+    from ov2_plugin.llava import save_llava
+
+    save_llava(*build_llava(parts / "tower", parts / "lm"), tmp_path / "llava")
+    adapters = {}
+    for checkpointing in ("false", "true"):
+        out = tmp_path / f"checkpointing-{checkpointing}"
+        train_main(
+            ["--model_name_or_path", str(tmp_path / "llava"), "--data_path", str(parts / "data" / "instructions_0.json"),
+             "--lora_enable", "true", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0", "--max_steps", "2",
+             "--learning_rate", "1e-2", "--gradient_checkpointing", checkpointing, "--seed", "0", "--use_cpu", "true",
+             "--per_device_train_batch_size", "2", "--output_dir", str(out)]
+        )
+        adapters[checkpointing] = load_file(out / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in adapters["true"].items() if "lora_B" in k)  # B starts at zero: it learnt
+    for key, weight in adapters["false"].items():
+        torch.testing.assert_close(adapters["true"][key], weight, rtol=0, atol=1e-6, msg=key)
+
+
+def test_pad_to_square_and_a_too_short_max_length(parts):
+    from PIL import Image
+
+    from ov2_plugin.llava.data import LlavaConversations, load_records, pad_to_square
+
+    wide = Image.new("RGB", (40, 20), (255, 0, 0))
+    square = pad_to_square(wide, (1, 2, 3))
+    assert square.size == (40, 40)
+    assert square.getpixel((0, 0)) == (1, 2, 3) and square.getpixel((20, 20)) == (255, 0, 0)  # centred
+
+    _, processor = build_llava(parts / "tower", parts / "lm")
+    records = load_records(parts / "data" / "instructions_0.json")[:1]
+    dataset = LlavaConversations(records, parts / "data", processor, 16, max_length=64, pad_square=True)
+    assert dataset[0]["pixel_values"].shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="--model_max_length"):
+        LlavaConversations(records, parts / "data", processor, 16, max_length=8)[0]
