@@ -16,20 +16,21 @@ import json
 import logging
 import math
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
+from accelerate.state import AcceleratorState
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
-from transformers.integrations import set_hf_deepspeed_config, unset_hf_deepspeed_config
 
 from .checkpointing import NonFiniteLossError, Ov2Trainer, newest_complete_checkpoint
 from .configuration import Ov2Config
 from .data.bad_samples import COUNTS_FOLDER, collect_bad_samples
 from .data.captions import CaptionCollator, SceneCaptions
 from .data.transforms import center_crop_transform, eval_transform, train_transform
+from .deepspeed_helpers import loading_in_one_process, start_deepspeed, whole_weights
 from .image_processing import make_image_processor
 from .modeling_captioner import Ov2ForCaptioning
 from .recipes import Stage, load_recipe
@@ -195,9 +196,10 @@ def build_dataset(args: DataArguments, image_size: int, train_args: TrainingArgu
 def weights_fingerprint(model: torch.nn.Module) -> str:
     """A short hash of the weights, to show in the report which weights a stage started from."""
     h = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        h.update(name.encode())
-        h.update(tensor.detach().float().cpu().numpy().tobytes())
+    with whole_weights(model):  # every rank must call it under ZeRO-3
+        for name, tensor in sorted(model.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -299,6 +301,9 @@ def train_stage(model: Ov2ForCaptioning, stage: Stage, data_args: DataArguments,
     with attention_kernels(args.device):
         result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model(str(run_dir))  # every rank calls it: DeepSpeed gathers ZeRO-3 shards here
+    trainer.accelerator.wait_for_everyone()  # rank 0 writes the file; the next stage loads it on every rank
+    if args.deepspeed:  # accelerate allows one DeepSpeed setup per process; the next stage's Trainer makes its own
+        AcceleratorState._reset_state()
     record = {
         "name": stage.name, "image_size": stage.image_size, "steps": trainer.state.global_step,
         "resumed_from": resume, "start_weights": start, "train_loss": result.training_loss,
@@ -315,6 +320,8 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, train_
     ``explicit``: flags given on the command line, which win over the recipe's values.
     """
     model_args, data_args, train_args, stages = load_recipe(data_args.recipe, model_args, data_args, train_args, explicit)
+    if train_args.deepspeed:
+        start_deepspeed()  # before any from_pretrained (``--init_from``, later stages) partitions weights
     out = Path(train_args.output_dir)
     tokenizer = build_caption_tokenizer(build_model_config_max_length(model_args))
     single = len(stages) == 1
@@ -351,23 +358,6 @@ def build_model_config_max_length(model_args: ModelArguments) -> int:
     if model_args.init_from:
         return Ov2Config.from_pretrained(model_args.init_from).decoder_config.max_length
     return Ov2Config.from_preset(model_args.preset).decoder_config.max_length
-
-
-@contextmanager
-def loading_in_one_process(args: TrainingArguments):
-    """``from_pretrained`` whole, in one process, while a ZeRO-3 run is configured.
-
-    Why: under ZeRO-3 ``from_pretrained`` partitions the weights as it loads them, a collective
-    step the other ranks never join: rank 0 alone would wait for them until the connection drops.
-    """
-    if not args.deepspeed:
-        yield
-        return
-    unset_hf_deepspeed_config()
-    try:
-        yield
-    finally:
-        set_hf_deepspeed_config(args.hf_deepspeed_config)
 
 
 def finish(trainer: Trainer | None, records: list[dict], data_args: DataArguments, train_args: PretrainArguments,

@@ -24,6 +24,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from ov2_plugin.modeling_captioner import Ov2ForCaptioning
+from ov2_plugin.pretrain import weights_fingerprint
+
 pytest.importorskip("deepspeed")
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,11 +48,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(out: Path, nproc: int, *extra: str) -> subprocess.Popen:
+def launch(out: Path, nproc: int, *extra: str, recipe: bool = False) -> subprocess.Popen:
+    """``ov2 pretrain`` on ``nproc`` processes: the 3-step run below, or (``recipe``) just ``extra``."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(out.parent / "torch-extensions")}
-    batch = ["--per_device_train_batch_size", str(8 // nproc)]
-    args = ["-m", "ov2_plugin.pretrain", "--output_dir", str(out), *COMMON, *batch, *extra]
+    flags = [] if recipe else [*COMMON, "--per_device_train_batch_size", str(8 // nproc)]
+    args = ["-m", "ov2_plugin.pretrain", "--output_dir", str(out), *flags, *extra]
     if nproc > 1:
         args = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()), *args]
     log = open(out.parent / f"{out.name}.log", "w")
@@ -89,3 +93,26 @@ def test_ddp_and_deepspeed_zero2_zero3_match_one_process_with_the_same_global_ba
     single = load_file(tmp_path / "single" / "model.safetensors")
     sharded = load_file(tmp_path / "zero3" / "model.safetensors")  # ZeRO-3 holds shards; the save is whole
     assert {k: v.shape for k, v in sharded.items()} == {k: v.shape for k, v in single.items()}
+
+
+def test_two_stage_recipe_on_two_processes_starts_stage_two_from_stage_one(tmp_path):
+    """The release's shape (low-res stage, then high-res from its weights) under DDP and ZeRO-3.
+
+    Stage 2 loads what stage 1 saved on every rank, so no rank may start it before the file is
+    whole, and ZeRO-3 must hash and reload whole weights, not one rank's shard.
+    """
+    flags = ["--recipe", "smoke", "--eval_samples", "0", "--use_cpu", "true", "--dataloader_num_workers", "0",
+             "--report_to", "none"]
+    runs = {
+        "ddp": launch(tmp_path / "ddp", 2, *flags, recipe=True),
+        "zero3": launch(tmp_path / "zero3", 2, *flags, "--deepspeed", str(ROOT / "integration/deepspeed/zero3.json"),
+                        recipe=True),
+    }
+    for name, proc in runs.items():
+        proc.wait(timeout=400)
+        report = tmp_path / name / "report.json"
+        assert report.is_file(), (tmp_path / f"{name}.log").read_text()[-3000:]
+        data = json.loads(report.read_text())
+        assert data["status"] == "finished" and [s["name"] for s in data["stages"]] == ["low-res", "high-res"]
+        stage1 = Ov2ForCaptioning.from_pretrained(tmp_path / name / "stage1-low-res")
+        assert data["stages"][1]["start_weights"] == weights_fingerprint(stage1), name

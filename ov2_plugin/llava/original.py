@@ -277,9 +277,9 @@ def train_main(argv: list[str] | None = None) -> None:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     if "--deepspeed" in sys.argv:
-        from .train import start_deepspeed
+        from ..deepspeed_helpers import start_deepspeed
 
-        start_deepspeed()  # LLaVA loads its model under ZeRO-3 too; see there
+        start_deepspeed()  # LLaVA loads its model under ZeRO-3 too
     llava_train.train(attn_implementation="sdpa")
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from ..deepspeed_helpers import start_deepspeed, whole_weights
 from .build import build_llava, load_llava, save_llava
 from .data import ConversationCollator, LlavaConversations
 
@@ -183,33 +183,6 @@ def save_outputs(model, processor, t: LlavaTrainingArguments) -> Path:
     return out
 
 
-def start_deepspeed() -> None:
-    """Start DeepSpeed's process group before any weights load.
-
-    Why: under ZeRO-3 ``from_pretrained`` partitions the weights as it loads them, sized by
-    DeepSpeed's own process group. On GPUs ``TrainingArguments`` starts that group; with
-    ``--use_cpu`` it starts only torch.distributed, and ZeRO-3 then plans for one process and
-    stops ("train_batch_size is not equal to micro_batch_per_gpu * ... * world_size").
-    """
-    import deepspeed
-
-    # joins torch.distributed's group when one is up, else starts it from the launcher's variables
-    deepspeed.init_distributed(dist_backend=None if torch.cuda.is_available() else "gloo")
-
-
-def gathered(model):
-    """Every weight whole on every rank while saving (ZeRO-3 holds a shard per rank); a no-op otherwise.
-
-    All ranks must enter it. It costs one full copy of the model per rank for the save, what
-    ZeRO-2 holds throughout; changes made inside (merging LoRA) are not written back.
-    """
-    if not is_deepspeed_zero3_enabled():
-        return nullcontext()
-    import deepspeed
-
-    return deepspeed.zero.GatheredParameters(list(model.parameters()), modifier_rank=None)
-
-
 def run_training(m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments) -> dict:
     if t.deepspeed:
         start_deepspeed()
@@ -245,7 +218,7 @@ def run_training(m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments)
         "trainable_parameters": trainable,
         "samples": len(dataset),
     }
-    with gathered(trainer.model):
+    with whole_weights(trainer.model):
         if trainer.is_world_process_zero():
             out = save_outputs(trainer.model, processor, t)
             history = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
