@@ -31,3 +31,25 @@ def grad_mode_on():
     torch.set_grad_enabled(True)
     yield
     torch.set_grad_enabled(True)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A tiny tower folder, a tiny Llama folder (weights + word tokenizer) and built-in data, saved once per module."""
+    from transformers import LlamaForCausalLM
+
+    from ov2_plugin import Ov2VisionConfig, Ov2VisionModel, make_image_processor
+    from ov2_plugin.data.instructions import vocabulary, write_dataset
+    from ov2_plugin.llava import build_word_tokenizer, tiny_llama_config
+
+    root = tmp_path_factory.mktemp("llava-parts")
+    torch.manual_seed(0)
+    config = Ov2VisionConfig.from_preset("tiny", image_size=32, num_hidden_layers=2)
+    Ov2VisionModel(config).save_pretrained(root / "tower")
+    make_image_processor(config).save_pretrained(root / "tower")
+    tokenizer = build_word_tokenizer(vocabulary())
+    tokenizer.save_pretrained(root / "lm")
+    LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(root / "lm")
+    write_dataset(root / "data", "instructions", seed=0, num_scenes=12, image_size=32)
+    write_dataset(root / "data", "captions", seed=0, num_scenes=12, image_size=32)
+    return root

@@ -20,7 +20,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaForCausalLM
 
 from ov2_plugin import Ov2VisionConfig, Ov2VisionModel, make_image_processor
 from ov2_plugin.data.instructions import vocabulary, write_dataset
@@ -106,19 +105,12 @@ def test_new_model_under_zero3_names_the_fix(monkeypatch):
         train.load_or_build(m, None)
 
 
-def test_llava_own_train_stage1_zero2_then_lora_zero3_with_ov2_tower(tmp_path):
+def test_llava_own_train_stage1_zero2_then_lora_zero3_with_ov2_tower(parts, tmp_path):
     """LLaVA-1.5's recipe in LLaVA's code: projector on ZeRO-2, then LoRA + projector on ZeRO-3."""
     pytest.importorskip("llava.model.language_model.llava_llama", reason="llava-torch is installed by `make setup`")
-    torch.manual_seed(0)
-    config = Ov2VisionConfig.from_preset("tiny", image_size=32, num_hidden_layers=2)
-    Ov2VisionModel(config).save_pretrained(tmp_path / "tower")
-    make_image_processor(config).save_pretrained(tmp_path / "tower")
-    tokenizer = build_word_tokenizer(vocabulary())
-    tokenizer.save_pretrained(tmp_path / "lm")
-    LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(tmp_path / "lm")
-    data = write_dataset(tmp_path / "data", "captions", seed=0, num_scenes=12, image_size=40)
+    data = parts / "data" / "captions_0.json"
     common = [
-        "--model_name_or_path", str(tmp_path / "lm"), "--vision_tower", f"ov2:{tmp_path / 'tower'}",
+        "--model_name_or_path", str(parts / "lm"), "--vision_tower", f"ov2:{parts / 'tower'}",
         "--data_path", str(data), "--image_folder", str(data.parent), "--version", "plain",
         "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", "-2", "--mm_use_im_start_end", "False",
         "--mm_use_im_patch_token", "False", "--image_aspect_ratio", "pad", "--use_cpu", "True", "--max_steps", "3",

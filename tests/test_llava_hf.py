@@ -8,31 +8,13 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import LlamaForCausalLM
 
-from ov2_plugin import Ov2VisionConfig, Ov2VisionModel, make_image_processor
-from ov2_plugin.data.instructions import QUESTION_TYPES, instruction_records, vocabulary, write_dataset
+from ov2_plugin.data.instructions import QUESTION_TYPES, instruction_records, vocabulary
 from ov2_plugin.data.scenes import make_scene
-from ov2_plugin.llava import build_llava, build_word_tokenizer, tiny_llama_config
+from ov2_plugin.llava import build_llava, build_word_tokenizer
 from ov2_plugin.llava.train import main as train_main
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2", "PYTHONWARNINGS": "ignore"}
-
-
-@pytest.fixture(scope="module")
-def parts(tmp_path_factory):
-    """A tiny tower folder and a tiny Llama folder (weights + word tokenizer), saved once."""
-    root = tmp_path_factory.mktemp("llava-parts")
-    torch.manual_seed(0)
-    config = Ov2VisionConfig.from_preset("tiny", image_size=32, num_hidden_layers=2)
-    Ov2VisionModel(config).save_pretrained(root / "tower")
-    make_image_processor(config).save_pretrained(root / "tower")
-    tokenizer = build_word_tokenizer(vocabulary())
-    tokenizer.save_pretrained(root / "lm")
-    LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(root / "lm")
-    write_dataset(root / "data", "instructions", seed=0, num_scenes=12, image_size=32)
-    write_dataset(root / "data", "captions", seed=0, num_scenes=12, image_size=32)
-    return root
 
 
 @pytest.mark.parametrize("layer,strategy,expected", [(-2, "default", 16), (-1, "full", 17), ([-3, -1], "default", 16)])
