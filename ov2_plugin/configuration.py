@@ -13,17 +13,28 @@ from transformers import PretrainedConfig
 
 # Encoder variants: width, depth, MLP size, heads (DESIGN.md), plus patch size and the
 # default resolution. "tiny" is ours, sized so a full pretraining run fits a 2-core CPU.
-# So400M/14 is released for 384 px inputs, whose stride-14 patch conv keeps a 27 x 27 grid
-# (the last 6 pixel rows and columns are never read); we name that grid's exact size, 378 px.
+# An image size need not be a multiple of the patch: the stride-``patch`` conv keeps a
+# floor(size / patch) grid, as open_clip and HF SigLIP do (So400M/14 at 384 px: 27 x 27 = 729
+# tokens, the last 6 pixel rows and columns never read).
 VISION_PRESETS: dict[str, dict[str, int]] = {
     "tiny": dict(hidden_size=192, num_hidden_layers=6, intermediate_size=768, num_attention_heads=3, patch_size=8, image_size=64),
     "S/16": dict(hidden_size=384, num_hidden_layers=12, intermediate_size=1536, num_attention_heads=6, patch_size=16, image_size=224),
     "B/16": dict(hidden_size=768, num_hidden_layers=12, intermediate_size=3072, num_attention_heads=12, patch_size=16, image_size=224),
     "L/14": dict(hidden_size=1024, num_hidden_layers=24, intermediate_size=4096, num_attention_heads=16, patch_size=14, image_size=224),
-    "So400M/14": dict(hidden_size=1152, num_hidden_layers=27, intermediate_size=4304, num_attention_heads=16, patch_size=14, image_size=378),
+    "So400M/14": dict(hidden_size=1152, num_hidden_layers=27, intermediate_size=4304, num_attention_heads=16, patch_size=14, image_size=384),
     "H/14": dict(hidden_size=1280, num_hidden_layers=32, intermediate_size=5120, num_attention_heads=16, patch_size=14, image_size=224),
     "g/14": dict(hidden_size=1408, num_hidden_layers=40, intermediate_size=6144, num_attention_heads=16, patch_size=14, image_size=224),
 }
+
+# The released geometries (``UCSC-VLAA/openvision2-vit-<name>-vision-only``): a preset at its
+# release resolution. ``Ov2VisionConfig.from_preset("So400M/14-384")`` is So400M/14 at 384 px.
+RELEASE_RESOLUTIONS: dict[str, tuple[int, ...]] = {
+    "L/14": (224, 336), "H/14": (224, 336, 448), "So400M/14": (384,), "g/14": (224,),
+}
+VISION_PRESETS.update({
+    f"{name}-{size}": dict(VISION_PRESETS[name], image_size=size)
+    for name, sizes in RELEASE_RESOLUTIONS.items() for size in sizes
+})
 
 # Caption-decoder variants (width/depth/MLP/heads), as in the release's decoder table.
 DECODER_PRESETS: dict[str, dict[str, int]] = {
@@ -35,11 +46,16 @@ DECODER_PRESETS: dict[str, dict[str, int]] = {
     "H": dict(hidden_size=1024, num_hidden_layers=24, intermediate_size=4096, num_attention_heads=16),
 }
 
-# Which decoder each encoder preset is paired with. L/14 and larger use decoder "L" as in the
-# release; for S/16 and B/16 we pair the decoder of matching size.
+# Which decoder each encoder preset is paired with. As released: L/14 ships the L decoder, H/14
+# the H decoder (the authors' decoder defaults: 1024 wide for a 1280-wide ViT); g/14 ships the H
+# decoder by third-party notes. Which decoder the So400M/14 release ships is not published, so the
+# converter reads every release's from its text_decoder_config.json; for pretraining So400M/14 we
+# pair the L decoder, as its width lies between L/14's and H/14's. S/16 and B/16 (not released)
+# get the decoder of matching size.
 CAPTIONER_PRESETS: dict[str, str] = {
-    "tiny": "tiny", "S/16": "S", "B/16": "B", "L/14": "L", "So400M/14": "L", "H/14": "L", "g/14": "L",
+    "tiny": "tiny", "S/16": "S", "B/16": "B", "L/14": "L", "So400M/14": "L", "H/14": "H", "g/14": "H",
 }
+CAPTIONER_PRESETS.update({name: CAPTIONER_PRESETS[name.split("-")[0]] for name in VISION_PRESETS if "-" in name})
 
 
 def _unknown_preset(kind: str, name: str, table: dict[str, Any]) -> ValueError:
@@ -77,11 +93,8 @@ class Ov2VisionConfig(PretrainedConfig):
             raise ValueError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_attention_heads}.")
         if hidden_size % 4:
             raise ValueError(f"hidden_size {hidden_size} must be divisible by 4 for the 2-D sin-cos position table.")
-        if image_size % patch_size:
-            raise ValueError(
-                f"image_size {image_size} is not divisible by patch_size {patch_size}; "
-                f"use a multiple of {patch_size}, e.g. {image_size // patch_size * patch_size or patch_size}."
-            )
+        if image_size < patch_size:
+            raise ValueError(f"image_size {image_size} is smaller than patch_size {patch_size}; no patch would fit.")
         self.hidden_size = hidden_size
         self.num_hidden_layers = num_hidden_layers
         self.intermediate_size = intermediate_size
@@ -95,6 +108,11 @@ class Ov2VisionConfig(PretrainedConfig):
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
 
+    @property
+    def num_patches_per_side(self) -> int:
+        """Patches per side: floor(image_size / patch_size), what the stride-``patch`` conv keeps."""
+        return self.image_size // self.patch_size
+
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> Ov2VisionConfig:
         if name not in VISION_PRESETS:
@@ -103,7 +121,12 @@ class Ov2VisionConfig(PretrainedConfig):
 
 
 class Ov2DecoderConfig(PretrainedConfig):
-    """The prefix-LM caption decoder: image tokens first, causal text, no positional embeddings."""
+    """The prefix-LM caption decoder: image tokens first, causal text, no positional embeddings.
+
+    ``tokenizer_vocab_size`` is the number of ids the caption tokenizer can decode when it is
+    smaller than ``vocab_size``: the released decoders have 32000 rows for a 30522-entry BERT
+    vocabulary, and generation never returns an id at or above it. None: every id decodes.
+    """
 
     model_type = "openvision2_decoder"
     base_config_key = "decoder_config"
@@ -119,6 +142,7 @@ class Ov2DecoderConfig(PretrainedConfig):
         layer_norm_eps: float = 1e-6,
         initializer_range: float = 0.02,
         max_length: int = 128,
+        tokenizer_vocab_size: int | None = None,
         pad_token_id: int = 0,
         bos_token_id: int = 1,
         eos_token_id: int = 2,
@@ -136,6 +160,9 @@ class Ov2DecoderConfig(PretrainedConfig):
         self.layer_norm_eps = layer_norm_eps
         self.initializer_range = initializer_range
         self.max_length = max_length
+        if tokenizer_vocab_size is not None and not 0 < tokenizer_vocab_size <= vocab_size:
+            raise ValueError(f"tokenizer_vocab_size {tokenizer_vocab_size} must be in (0, vocab_size={vocab_size}].")
+        self.tokenizer_vocab_size = tokenizer_vocab_size
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> Ov2DecoderConfig:

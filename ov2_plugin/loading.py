@@ -4,7 +4,6 @@ say what is wrong and how to fix it."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -17,26 +16,26 @@ HUB_PREFIX = "hf-hub:"
 
 
 def resolve_model_path(name: str | Path) -> Path:
-    """A local folder for ``name``. ``hf-hub:org/name`` is looked up on disk only, never downloaded:
-    first ``$OV2_HUB_DIR/org/name`` (default ``~/.cache/ov2/hub/org/name``), then the Hugging Face
-    cache (what ``huggingface-cli download org/name`` fills on a machine with network)."""
+    """A local folder for ``name``. ``hf-hub:org/name`` is looked up in the Hugging Face cache only
+    (``HF_HUB_CACHE``, or ``HF_HOME/hub``: what ``hf download org/name`` fills), through
+    huggingface_hub's own offline lookup; nothing is downloaded."""
     text = str(name)
     if not text.startswith(HUB_PREFIX):
         return Path(name)
     repo_id = text.removeprefix(HUB_PREFIX).strip("/")
-    local = Path(os.environ.get("OV2_HUB_DIR", Path.home() / ".cache" / "ov2" / "hub")) / repo_id
-    if local.is_dir():
-        return local
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(repo_id, local_files_only=True))
-    except (LocalEntryNotFoundError, HFValidationError):
+    except HFValidationError:
+        raise ValueError(f"{text!r} is not a valid hf-hub name; write hf-hub:ORG/NAME, e.g. "
+                         "hf-hub:UCSC-VLAA/openvision2-vit-large-patch14-224-vision-only.") from None
+    except LocalEntryNotFoundError:
         raise FileNotFoundError(
-            f"{text} is not available locally and nothing is downloaded here. Put the release files "
-            f"(e.g. open_clip_config.json + open_clip_pytorch_model.bin) in {local} (set OV2_HUB_DIR to use "
-            f"another root), or run 'huggingface-cli download {repo_id}' where there is network and copy the cache."
+            f"{text} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and nothing is downloaded here: run "
+            f"'hf download {repo_id}' on a machine with network (with the same HF_HOME or HF_HUB_CACHE), or copy its "
+            "cache folder here; a local folder with the release files works too."
         ) from None
 
 

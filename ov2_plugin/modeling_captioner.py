@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import GenerationMixin
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.generation.utils import GenerateOutput
 from transformers.utils import ModelOutput
 
 from .configuration import Ov2Config
@@ -28,6 +31,7 @@ class Ov2CaptioningOutput(ModelOutput):
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     image_tokens: torch.Tensor | None = None
+    cache: Cache | None = None
 
 
 def drop_visual_tokens(tokens: torch.Tensor, keep_ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -107,6 +111,14 @@ def prefix_lm_mask(num_image: int, num_text: int, device: torch.device) -> torch
     return mask
 
 
+def continuation_mask(num_past: int, num_new: int, device: torch.device) -> torch.Tensor | None:
+    """Boolean [T, past+T] mask for T new text tokens after ``num_past`` cached positions: each sees
+    every cached position (image and earlier text) and the new ones causally; None for one token."""
+    if num_new == 1:
+        return None
+    return torch.ones(num_new, num_past + num_new, dtype=torch.bool, device=device).tril(diagonal=num_past)
+
+
 class Ov2CaptionDecoder(nn.Module):
     def __init__(self, config: Ov2Config) -> None:
         super().__init__()
@@ -117,29 +129,42 @@ class Ov2CaptionDecoder(nn.Module):
         self.norm = nn.LayerNorm(dec.hidden_size, eps=dec.layer_norm_eps)
         self.lm_head = nn.Linear(dec.hidden_size, dec.vocab_size, bias=False)
 
-    def hidden(self, image_tokens: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        """Normed decoder states at the text positions [B, T, E]."""
-        img = self.image_projection(image_tokens)  # [B, K, E]
-        txt = self.embed_tokens(input_ids)  # [B, T, E]
-        x = torch.cat([img, txt.to(img.dtype)], dim=1)
-        mask = prefix_lm_mask(img.shape[1], txt.shape[1], x.device)
-        for layer in self.layers:
-            x = layer(x, mask)
-        return self.norm(x[:, img.shape[1]:])
+    def hidden(self, image_tokens: torch.Tensor | None, input_ids: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        """Normed decoder states at the text positions [B, T, E].
 
-    def forward(self, image_tokens: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(self.hidden(image_tokens, input_ids))
+        With a ``cache`` (generation) the first call runs image tokens + text and caches every
+        position; later calls take only the new text ids and ignore ``image_tokens``.
+        """
+        txt = self.embed_tokens(input_ids)  # [B, T, E]
+        past = cache.get_seq_length() if cache is not None else 0
+        if past == 0:
+            if image_tokens is None:
+                raise ValueError("The caption decoder needs image_tokens (or pixel_values) on its first call.")
+            img = self.image_projection(image_tokens)  # [B, K, E]
+            x = torch.cat([img, txt.to(img.dtype)], dim=1)  # [B, K+T, E]
+            num_image = img.shape[1]
+            mask = prefix_lm_mask(num_image, txt.shape[1], x.device)
+        else:
+            x, num_image = txt.to(self.image_projection.weight.dtype), 0
+            mask = continuation_mask(past, txt.shape[1], x.device)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask, cache, i)
+        return self.norm(x[:, num_image:])
+
+    def forward(self, image_tokens: torch.Tensor | None, input_ids: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
+        return self.lm_head(self.hidden(image_tokens, input_ids, cache))
 
     def loss(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Mean next-token loss over positions whose label is not -100, without full logits."""
         return chunked_head_cross_entropy(self.hidden(image_tokens, input_ids), self.lm_head.weight, labels)
 
 
-class Ov2ForCaptioning(Ov2PreTrainedModel):
+class Ov2ForCaptioning(Ov2PreTrainedModel, GenerationMixin):
     """Image -> caption pretraining model; its ``vision_model`` is the encoder users keep."""
 
     config_class = Ov2Config
     base_model_prefix = "ov2"
+    main_input_name = "input_ids"  # what GenerationMixin decodes; the image enters as pixel_values
     _no_split_modules = ["Ov2Block"]
     # The loss is a mean over this batch's tokens; without this flag the Trainer would pass
     # ``num_items_in_batch`` (which we ignore) and multiply the loss by the world size under DDP.
@@ -152,6 +177,8 @@ class Ov2ForCaptioning(Ov2PreTrainedModel):
         super().__init__(config)
         self.vision_model = Ov2VisionModel(config.vision_config)
         self.decoder = Ov2CaptionDecoder(config)
+        if self.generation_config.max_new_tokens is None:
+            self.generation_config.max_new_tokens = 64  # as the authors' caption demo
         self.post_init()
 
     def encode_image(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -163,11 +190,14 @@ class Ov2ForCaptioning(Ov2PreTrainedModel):
 
     def forward(
         self,
-        pixel_values: torch.Tensor,
-        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_logits: bool | None = None,
+        image_tokens: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
         **kwargs,
     ) -> Ov2CaptioningOutput:
         """Logits for every text position; with ``labels`` also the loss.
@@ -176,8 +206,17 @@ class Ov2ForCaptioning(Ov2PreTrainedModel):
         as in Hugging Face causal LMs. Positions where ``attention_mask`` is 0 are ignored too.
         In training mode with ``labels`` the loss comes from the chunked head (``fused_head_loss``)
         and ``logits`` is None unless ``return_logits=True``; in eval mode logits are always returned.
+        ``image_tokens`` (from ``encode_image``) replace ``pixel_values``; with a ``cache`` (as
+        ``generate`` passes) only the new ids are run once the image is cached.
         """
-        image_tokens = self.encode_image(pixel_values)
+        if input_ids is None:
+            raise ValueError("Ov2ForCaptioning needs input_ids (the caption, starting with BOS).")
+        if image_tokens is None and (cache is None or cache.get_seq_length() == 0):
+            if pixel_values is None:
+                raise ValueError("Ov2ForCaptioning needs pixel_values (or image_tokens).")
+            image_tokens = self.encode_image(pixel_values)
+        if cache is not None:  # generation step
+            return Ov2CaptioningOutput(logits=self.decoder(image_tokens, input_ids, cache), cache=cache)
         if return_logits is None:
             return_logits = labels is None or not self.training or not self.fused_head_loss
         if labels is not None and attention_mask is not None:
@@ -195,82 +234,35 @@ class Ov2ForCaptioning(Ov2PreTrainedModel):
 
     @torch.no_grad()
     def generate(
-        self,
-        pixel_values: torch.Tensor,
-        max_new_tokens: int = 32,
-        num_beams: int = 1,
-        length_penalty: float = 1.0,
-    ) -> torch.Tensor:
-        """Caption ids [B, <= max_new_tokens] (no BOS), padded after EOS with the pad id.
+        self, pixel_values: torch.Tensor | None = None, image_tokens: torch.Tensor | None = None, **kwargs
+    ) -> torch.Tensor | GenerateOutput:
+        """Caption ids [B, <= max_new_tokens], BOS removed, padded after EOS with the pad id.
 
-        The decoder is re-run on the whole prefix at each step instead of keeping a KV cache:
-        captions are at most 128 tokens and the image is encoded once, so this keeps the model
-        code simple at a small cost.
+        Transformers' own ``GenerationMixin.generate`` does the decoding, so every standard option
+        works (``num_beams``, ``do_sample``, ``temperature``, ``top_p``, ``repetition_penalty``,
+        ``no_repeat_ngram_size``, a ``GenerationConfig``); defaults come from the saved
+        ``generation_config.json``. The image is encoded once (nothing dropped); the decoder's
+        first step runs image tokens + BOS and caches them, later steps feed one token. Ids the
+        tokenizer cannot decode (``decoder_config.tokenizer_vocab_size`` and above) are suppressed.
         """
-        was_training = self.training
-        self.eval()
-        image_tokens = self.encode_image(pixel_values)
-        if num_beams > 1:
-            out = self._beam_search(image_tokens, max_new_tokens, num_beams, length_penalty)
-        else:
-            out = self._greedy(image_tokens, max_new_tokens)
-        self.train(was_training)
+        if image_tokens is None:
+            if pixel_values is None:
+                raise ValueError("generate() needs pixel_values (or image_tokens from encode_image).")
+            was_training = self.training
+            self.eval()
+            image_tokens = self.encode_image(pixel_values)
+            self.train(was_training)
+        dec = self.config.decoder_config
+        prompt = kwargs.pop("input_ids", None)
+        if prompt is None:
+            prompt = torch.full((image_tokens.shape[0], 1), dec.bos_token_id, dtype=torch.long, device=image_tokens.device)
+        limit = dec.tokenizer_vocab_size
+        if limit is not None and limit < dec.vocab_size:
+            kwargs["suppress_tokens"] = sorted(set(kwargs.get("suppress_tokens") or ()) | set(range(limit, dec.vocab_size)))
+        if kwargs.get("use_cache", True):
+            kwargs.setdefault("cache", DynamicCache())
+        out = super().generate(input_ids=prompt, image_tokens=image_tokens, **kwargs)
+        if isinstance(out, torch.Tensor):
+            return out[:, prompt.shape[1]:]
+        out.sequences = out.sequences[:, prompt.shape[1]:]
         return out
-
-    def _greedy(self, image_tokens: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
-        dec = self.config.decoder_config
-        b = image_tokens.shape[0]
-        ids = torch.full((b, 1), dec.bos_token_id, dtype=torch.long, device=image_tokens.device)
-        done = torch.zeros(b, dtype=torch.bool, device=ids.device)
-        for _ in range(max_new_tokens):
-            nxt = self.decoder(image_tokens, ids)[:, -1].argmax(-1)
-            nxt = nxt.masked_fill(done, dec.pad_token_id)
-            ids = torch.cat([ids, nxt[:, None]], dim=1)
-            done |= nxt == dec.eos_token_id
-            if done.all():
-                break
-        return ids[:, 1:]
-
-    def _beam_search(self, image_tokens: torch.Tensor, max_new_tokens: int, beams: int, length_penalty: float) -> torch.Tensor:
-        """Plain beam search; a beam that emits EOS is finished and scored by log-prob / length**penalty."""
-        dec = self.config.decoder_config
-        b, k, d = image_tokens.shape
-        device = image_tokens.device
-        img = image_tokens.repeat_interleave(beams, dim=0)  # [B*beams, K, D]
-        ids = torch.full((b * beams, 1), dec.bos_token_id, dtype=torch.long, device=device)
-        scores = torch.full((b, beams), float("-inf"), device=device)
-        scores[:, 0] = 0.0  # all beams start identical: expand only the first
-        finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(b)]
-        for _ in range(max_new_tokens):
-            logp = self.decoder(img, ids)[:, -1].float().log_softmax(-1)  # [B*beams, V]
-            vocab = logp.shape[-1]
-            cand = (scores.view(-1, 1) + logp).view(b, beams * vocab)
-            top, flat = cand.topk(2 * beams, dim=1)  # room for beams that end here
-            new_ids, new_scores = [], torch.full((b, beams), float("-inf"), device=device)
-            for i in range(b):
-                kept = 0
-                for score, idx in zip(top[i].tolist(), flat[i].tolist()):
-                    beam, tok = divmod(idx, vocab)
-                    seq = ids[i * beams + beam]
-                    if tok == dec.eos_token_id:
-                        hyp = seq[1:].tolist() + [tok]
-                        finished[i].append((score / len(hyp) ** length_penalty, hyp))
-                        continue
-                    if kept < beams:
-                        new_ids.append(torch.cat([seq, seq.new_tensor([tok])]))
-                        new_scores[i, kept] = score
-                        kept += 1
-                while kept < beams:  # pad with dead beams
-                    new_ids.append(torch.cat([ids[i * beams], ids.new_tensor([dec.pad_token_id])]))
-                    kept += 1
-            ids, scores = torch.stack(new_ids), new_scores
-            if all(len(f) >= beams for f in finished):  # early stopping, as HF's early_stopping=True
-                break
-        out = []
-        for i in range(b):
-            if not finished[i]:  # nothing ended: take the best open beam
-                best = scores[i].argmax().item()
-                finished[i].append((0.0, ids[i * beams + best, 1:].tolist()))
-            out.append(max(finished[i], key=lambda h: h[0])[1])
-        width = max(len(o) for o in out)
-        return torch.tensor([o + [dec.pad_token_id] * (width - len(o)) for o in out], dtype=torch.long, device=device)

@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
+from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
@@ -47,10 +48,14 @@ class Ov2Attention(nn.Module):
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size)
         self.out_proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, cache: Cache | None = None, layer_idx: int = 0
+    ) -> torch.Tensor:
         b, t, d = x.shape
         qkv = self.qkv(x).view(b, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B, heads, T, head_dim]
+        if cache is not None:  # caption generation: keys/values of earlier positions come from the cache
+            k, v = cache.update(k, v, layer_idx)  # [B, heads, past + T, head_dim]
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # scale head_dim^-0.5
         return self.out_proj(out.transpose(1, 2).reshape(b, t, d))
 
@@ -76,8 +81,10 @@ class Ov2Block(GradientCheckpointingLayer):
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = Ov2MLP(config.hidden_size, config.intermediate_size, config.hidden_act)
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x), attn_mask)
+    def forward(
+        self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, cache: Cache | None = None, layer_idx: int = 0
+    ) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), attn_mask, cache, layer_idx)
         return x + self.mlp(self.layer_norm2(x))
 
 
@@ -129,11 +136,10 @@ class Ov2VisionEmbeddings(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         h, w = pixel_values.shape[-2:]
-        if h % self.patch_size or w % self.patch_size:
-            raise ValueError(
-                f"Image size {h}x{w} is not divisible by the patch size {self.patch_size}; "
-                f"resize to a multiple of {self.patch_size} (the image processor does this)."
-            )
+        if h < self.patch_size or w < self.patch_size:
+            raise ValueError(f"Image size {h}x{w} is smaller than the patch size {self.patch_size}; resize it first.")
+        # A size that is not a multiple of the patch keeps the floor grid (the last rows and
+        # columns are never read), as open_clip and the release do: 384 px / patch 14 -> 27 x 27.
         x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # [B, D, gh, gw]
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)  # [B, N, D]

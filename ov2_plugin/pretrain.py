@@ -44,7 +44,7 @@ STAGE_DONE = "stage_done.json"
 
 @dataclass
 class ModelArguments:
-    preset: str = field(default="tiny", metadata={"help": "tiny, S/16, B/16, L/14, So400M/14, H/14 or g/14."})
+    preset: str = field(default="tiny", metadata={"help": "tiny, S/16, B/16, L/14, So400M/14, H/14, g/14, or a release geometry such as L/14-336 or So400M/14-384."})
     keep_ratio: float = field(default=0.35, metadata={"help": "Share of visual tokens the decoder sees in training."})
     image_size: int | None = field(default=None, metadata={"help": "Training resolution; the preset's by default."})
     init_from: str | None = field(default=None, metadata={"help": "Start from this Ov2ForCaptioning folder."})

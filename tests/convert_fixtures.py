@@ -76,6 +76,18 @@ def write_release(folder: Path, vision_cfg: dict, state: dict, embed_dim: int, p
     return folder
 
 
+def write_hf_cache(cache: Path, repo_id: str, files: Path, revision: str = "0" * 40) -> Path:
+    """The folder ``hf download REPO`` leaves in a Hugging Face cache (``HF_HUB_CACHE``):
+    ``models--ORG--NAME/refs/main`` naming the revision, files under ``snapshots/REVISION/``."""
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(revision)
+    shutil.copytree(files, repo / "snapshots" / revision)
+    return repo / "snapshots" / revision
+
+
 def tower_state(tower: torch.nn.Module) -> dict:
     return {k: v for k, v in tower.state_dict().items()}
 
@@ -83,60 +95,86 @@ def tower_state(tower: torch.nn.Module) -> dict:
 # ---------------------------------------------------------------- caption decoder reference
 
 
-def random_decoder_release(width: int, layers: int, heads: int, mlp: int, vocab: int, image_width: int, seed: int = 1) -> tuple[dict, dict]:
-    """(state dict in the assumed release naming, text_decoder_config.json content), random weights."""
-    g = torch.Generator().manual_seed(seed)
+class ReferenceCaptionDecoder(torch.nn.Module):
+    """The released caption decoder, written here from its published description (not from our
+    model code): its ``state_dict()`` has the release's key names, so it both writes the fixture
+    files and computes the reference logits.
 
-    def rnd(*shape, scale=0.05):
-        return torch.randn(*shape, generator=g) * scale
+    Image tokens -> ``image_projection`` (Linear, no bias) -> placed before the token embeddings,
+    no positional embeddings -> pre-LN blocks (fused ``attn.in_proj_*`` q/k/v, ``attn.out_proj``,
+    ``mlp.c_fc`` / ``mlp.c_proj``, tanh GELU, eps 1e-6, scale head_dim^-0.5) under a prefix-LM mask
+    -> ``ln_final`` -> ``lm_head`` (Linear, no bias) on the text positions. Attention is written
+    out as a softmax of masked scores.
+    """
 
-    state = {
-        "image_projection": rnd(image_width, width),
-        "token_embedding.weight": rnd(vocab, width, scale=0.5),
-        "ln_final.weight": 1 + rnd(width, scale=0.1),
-        "ln_final.bias": rnd(width, scale=0.1),
-        "text_projection": rnd(width, vocab),
-    }
-    for i in range(layers):
-        p = f"transformer.resblocks.{i}."
-        state.update({
-            p + "ln_1.weight": 1 + rnd(width, scale=0.1), p + "ln_1.bias": rnd(width, scale=0.1),
-            p + "attn.in_proj_weight": rnd(3 * width, width), p + "attn.in_proj_bias": rnd(3 * width),
-            p + "attn.out_proj.weight": rnd(width, width), p + "attn.out_proj.bias": rnd(width),
-            p + "ln_2.weight": 1 + rnd(width, scale=0.1), p + "ln_2.bias": rnd(width, scale=0.1),
-            p + "mlp.c_fc.weight": rnd(mlp, width), p + "mlp.c_fc.bias": rnd(mlp),
-            p + "mlp.c_proj.weight": rnd(width, mlp), p + "mlp.c_proj.bias": rnd(width),
-        })
-    config = {"width": width, "layers": layers, "heads": heads, "mlp_ratio": mlp / width, "vocab_size": vocab,
-              "context_length": 128, "act_kwargs": {"approximate": "tanh"}, "norm_kwargs": {"eps": 1e-6}}
-    return state, config
+    def __init__(self, width: int, depth: int, num_heads: int, mlp_dim: int, vocab_size: int, vision_width: int, seed: int = 1):
+        super().__init__()
+        nn = torch.nn
+        self.width, self.num_heads = width, num_heads
+        self.token_embedding = nn.Embedding(vocab_size, width)
+        self.image_projection = nn.Linear(vision_width, width, bias=False)
+        self.blocks = nn.ModuleList()
+        for _ in range(depth):
+            block = nn.Module()
+            block.ln_1, block.ln_2 = nn.LayerNorm(width, eps=1e-6), nn.LayerNorm(width, eps=1e-6)
+            block.attn = nn.Module()
+            block.attn.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+            block.attn.in_proj_bias = nn.Parameter(torch.empty(3 * width))
+            block.attn.out_proj = nn.Linear(width, width)
+            block.mlp = nn.Module()
+            block.mlp.c_fc, block.mlp.c_proj = nn.Linear(width, mlp_dim), nn.Linear(mlp_dim, width)
+            self.blocks.append(block)
+        self.ln_final = nn.LayerNorm(width, eps=1e-6)
+        self.lm_head = nn.Linear(width, vocab_size, bias=False)
+        g = torch.Generator().manual_seed(seed)
+        with torch.no_grad():  # every tensor random (LayerNorms near 1/0), so every tensor is tested
+            for name, param in self.named_parameters():
+                scale = 0.5 if "token_embedding" in name else 0.1 if "ln_" in name else 0.05
+                param.copy_(torch.randn(param.shape, generator=g) * scale + (1.0 if name.endswith("ln_1.weight") or
+                            name.endswith("ln_2.weight") or name == "ln_final.weight" else 0.0))
+
+    def forward(self, image_tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """Logits [B, T, V] for ``ids`` [B, T] after ``image_tokens`` [B, K, vision_width]."""
+        width, heads = self.width, self.num_heads
+        hd = width // heads
+        img = self.image_projection(image_tokens)
+        x = torch.cat([img, self.token_embedding(ids)], dim=1)  # [B, K+T, E]
+        b, n, _ = x.shape
+        k_img = img.shape[1]
+        row, col = torch.arange(n)[:, None], torch.arange(n)[None, :]
+        allowed = (col < k_img) | ((row >= k_img) & (col <= row))  # image: among itself; text: image + causal
+        for blk in self.blocks:
+            h = blk.ln_1(x)
+            q, k, v = (h @ blk.attn.in_proj_weight.T + blk.attn.in_proj_bias).split(width, dim=-1)
+            q, k, v = (t.reshape(b, n, heads, hd).transpose(1, 2) for t in (q, k, v))
+            scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
+            attn = (scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v).transpose(1, 2).reshape(b, n, width)
+            x = x + blk.attn.out_proj(attn)
+            x = x + blk.mlp.c_proj(F.gelu(blk.mlp.c_fc(blk.ln_2(x)), approximate="tanh"))
+        return self.lm_head(self.ln_final(x[:, k_img:]))
+
+    @torch.no_grad()
+    def greedy(self, image_tokens: torch.Tensor, steps: int, bos: int = 1, eos: int = 2, id_limit: int | None = None) -> list[int]:
+        """Greedy caption of one image (re-running the whole prefix), argmax over ids < ``id_limit``."""
+        ids = torch.tensor([[bos]])
+        for _ in range(steps):
+            logits = self(image_tokens, ids)[0, -1]
+            nxt = int(logits[:id_limit].argmax())
+            ids = torch.cat([ids, torch.tensor([[nxt]])], dim=1)
+            if nxt == eos:
+                break
+        return ids[0, 1:].tolist()
 
 
-def reference_decoder_logits(image_tokens: torch.Tensor, ids: torch.Tensor, sd: dict, cfg: dict) -> torch.Tensor:
-    """The released decoder as described: image projection (no bias) -> image tokens before the text
-    embeddings, no positional embeddings -> pre-LN blocks (fused in_proj, out_proj, c_fc, c_proj with
-    biases, tanh-GELU) under a prefix-LM mask -> final LN -> head (no bias) on text positions.
-    Attention is written out (softmax of masked scores), not SDPA, to stay independent of our code."""
-    width, heads, eps = cfg["width"], cfg["heads"], cfg["norm_kwargs"]["eps"]
-    hd = width // heads
-    img = image_tokens @ sd["image_projection"]  # [B, K, E]
-    x = torch.cat([img, sd["token_embedding.weight"][ids]], dim=1)  # [B, K+T, E]
-    b, n, _ = x.shape
-    k_img = img.shape[1]
-    row = torch.arange(n)[:, None]
-    col = torch.arange(n)[None, :]
-    allowed = (col < k_img) | ((row >= k_img) & (col <= row))  # image: bidirectional among itself; text: all image + causal
-    for i in range(cfg["layers"]):
-        p = f"transformer.resblocks.{i}."
-        h = F.layer_norm(x, (width,), sd[p + "ln_1.weight"], sd[p + "ln_1.bias"], eps)
-        q, k, v = (h @ sd[p + "attn.in_proj_weight"].T + sd[p + "attn.in_proj_bias"]).split(width, dim=-1)
-        q, k, v = (t.reshape(b, n, heads, hd).transpose(1, 2) for t in (q, k, v))
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(hd)
-        attn = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ v
-        attn = attn.transpose(1, 2).reshape(b, n, width)
-        x = x + attn @ sd[p + "attn.out_proj.weight"].T + sd[p + "attn.out_proj.bias"]
-        h = F.layer_norm(x, (width,), sd[p + "ln_2.weight"], sd[p + "ln_2.bias"], eps)
-        h = F.gelu(h @ sd[p + "mlp.c_fc.weight"].T + sd[p + "mlp.c_fc.bias"], approximate="tanh")
-        x = x + h @ sd[p + "mlp.c_proj.weight"].T + sd[p + "mlp.c_proj.bias"]
-    x = F.layer_norm(x, (width,), sd["ln_final.weight"], sd["ln_final.bias"], eps)
-    return x[:, k_img:] @ sd["text_projection"]  # [B, T, V]
+def write_decoder_release(folder: Path, decoder: ReferenceCaptionDecoder, config: dict) -> None:
+    """``caption_decoder.safetensors`` + ``text_decoder_config.json`` as every OpenVision 2 release has them."""
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in decoder.state_dict().items()}, folder / "caption_decoder.safetensors")
+    (folder / "text_decoder_config.json").write_text(json.dumps(config))
+
+
+def decoder_release_config(width: int, depth: int, num_heads: int, mlp_dim: int, vocab_size: int, vision_width: int) -> dict:
+    """A ``text_decoder_config.json``: the fields the authors' loader reads."""
+    return dict(width=width, depth=depth, num_heads=num_heads, mlp_dim=mlp_dim, vocab_size=vocab_size,
+                vision_width=vision_width, bos_id=1, eos_id=2)

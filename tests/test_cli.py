@@ -4,8 +4,9 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
-from ov2_plugin import build_caption_tokenizer
+from ov2_plugin import Ov2ForCaptioning, build_caption_tokenizer
 from ov2_plugin.cli import main
 from ov2_plugin.data.scenes import make_scene
 
@@ -57,9 +58,17 @@ def test_unknown_preset(capsys, tmp_path):
     assert code == 2 and "Unknown model preset 'L/16'; choose one of: tiny, S/16" in err
 
 
-def test_image_size_not_divisible_by_patch(capsys, tmp_path):
-    code, err = run_cli(capsys, "pretrain", "--preset", "tiny", "--image_size", "60", "--output_dir", str(tmp_path), "--max_steps", "1")
-    assert code == 2 and "image_size 60 is not divisible by patch_size 8; use a multiple of 8, e.g. 56" in err
+def test_pretraining_at_384_px_with_patch_14_keeps_729_tokens(capsys, tmp_path):
+    """So400M/14's release geometry (384 px, patch 14: a floor grid of 27 x 27), width cut down."""
+    code, _ = run_cli(capsys, "pretrain", "--preset", "So400M/14-384", "--config_overrides",
+                      "hidden_size=64,num_hidden_layers=1,intermediate_size=128,num_attention_heads=2,decoder_hidden_size=64,"
+                      "decoder_num_hidden_layers=1,decoder_intermediate_size=128,decoder_num_attention_heads=2",
+                      "--output_dir", str(tmp_path), "--max_steps", "2", "--per_device_train_batch_size", "2",
+                      "--eval_samples", "0", "--save_steps", "100", "--dataloader_num_workers", "0")
+    assert code == 0
+    model = Ov2ForCaptioning.from_pretrained(tmp_path).eval()
+    assert model.config.vision_config.image_size == 384
+    assert model.vision_model(torch.zeros(1, 3, 384, 384)).last_hidden_state.shape[1] == 1 + 729
 
 
 def test_unknown_command_lists_the_commands(capsys):

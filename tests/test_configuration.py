@@ -49,9 +49,33 @@ def test_unknown_preset_names_the_choices():
         Ov2Config.from_preset("huge")
 
 
-def test_image_size_not_divisible_by_patch_size_is_refused():
-    with pytest.raises(ValueError, match="not divisible by patch_size 14.*multiple of 14"):
-        Ov2VisionConfig.from_preset("L/14", image_size=200)
+# The seven released OpenVision 2 encoders (UCSC-VLAA/openvision2-vit-NAME-vision-only), from the
+# release's own configs: (preset, width, depth, patch, image size, patch grid).
+RELEASES = [
+    ("L/14-224", 1024, 24, 14, 224, 16), ("L/14-336", 1024, 24, 14, 336, 24),
+    ("H/14-224", 1280, 32, 14, 224, 16), ("H/14-336", 1280, 32, 14, 336, 24), ("H/14-448", 1280, 32, 14, 448, 32),
+    ("So400M/14-384", 1152, 27, 14, 384, 27), ("g/14-224", 1408, 40, 14, 224, 16),
+]
+
+
+@pytest.mark.parametrize("preset,width,depth,patch,size,grid", RELEASES)
+def test_released_geometries_are_presets(preset, width, depth, patch, size, grid):
+    config = Ov2VisionConfig.from_preset(preset)
+    assert (config.hidden_size, config.num_hidden_layers, config.patch_size, config.image_size) == (width, depth, patch, size)
+    assert config.num_patches_per_side == grid  # floor(size / patch): So400M/14 at 384 px keeps 27 x 27 = 729
+
+
+def test_each_encoder_gets_the_decoder_its_release_ships():
+    assert Ov2Config.from_preset("L/14-336").decoder_config.hidden_size == 768  # L decoder
+    for name in ("H/14", "H/14-448", "g/14"):
+        dec = Ov2Config.from_preset(name).decoder_config  # H decoder: 1024 wide, 24 layers, 16 heads, MLP 4096
+        assert (dec.hidden_size, dec.num_hidden_layers, dec.num_attention_heads, dec.intermediate_size) == (1024, 24, 16, 4096)
+
+
+def test_image_size_not_a_multiple_of_the_patch_is_legal():
+    assert Ov2VisionConfig.from_preset("L/14", image_size=200).num_patches_per_side == 14
+    with pytest.raises(ValueError, match="smaller than patch_size 14"):
+        Ov2VisionConfig.from_preset("L/14", image_size=10)
 
 
 def test_config_round_trip(tmp_path):

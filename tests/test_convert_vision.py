@@ -7,7 +7,14 @@ import json
 
 import pytest
 import torch
-from convert_fixtures import bigvision_table, build_open_clip_tower, release_vision_cfg, tower_state, write_release
+from convert_fixtures import (
+    bigvision_table,
+    build_open_clip_tower,
+    release_vision_cfg,
+    tower_state,
+    write_hf_cache,
+    write_release,
+)
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, AutoModel
 
@@ -61,7 +68,7 @@ def test_tiny_release_matches_open_clip_vision_transformer(tiny_release, tiny_co
     tokens_diff, pooled_diff = _compare(tower, model, proj, TINY_SIZE)
     print(f"tiny @ {TINY_SIZE}px: patch tokens max abs diff {tokens_diff:.3g}, pooled {pooled_diff:.3g}")
     assert tokens_diff <= 1e-5 and pooled_diff <= 1e-5
-    assert report.kept_aside == ["proj"]
+    assert report.kept_aside == ["positional_embedding", "proj"]  # the stored table, written back on export
     assert model.config.hidden_act == "gelu" and model.config.layer_norm_eps == 1e-6
 
 
@@ -131,22 +138,47 @@ def test_converted_preprocessing_matches_open_clip_transform(tiny_converted):
     assert (diff > 1e-5).float().mean().item() < 0.01
 
 
-def test_open_clip_preprocessing_defaults_apply_when_the_release_names_none(tiny_release):
-    """A config without preprocess_cfg (open_clip's defaults: OpenAI mean/std, bicubic, shortest side + center crop)."""
+def test_release_preprocessing_defaults_apply_when_the_release_names_none(tiny_release):
+    """A config without preprocess_cfg runs as the releases do (ImageNet mean/std, bilinear, squash),
+    never open_clip's OpenAI-CLIP defaults; compared with open_clip's own transform so configured."""
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     from ov2_plugin.convert.open_clip_layout import vision_config_from_open_clip
     from ov2_plugin.convert.release import release_image_processor
 
     cfg, _, _ = tiny_release
-    config = vision_config_from_open_clip({"vision_cfg": cfg}, {})
-    ours = release_image_processor(config, {})
-    theirs = image_transform_v2(PreprocessCfg(size=TINY_SIZE), is_train=False)
+    config = vision_config_from_open_clip({"vision_cfg": cfg}, None)
+    assert config.image_mean == [0.485, 0.456, 0.406] and config.image_std == [0.229, 0.224, 0.225]
+    ours = release_image_processor(config, None)
+    theirs = image_transform_v2(PreprocessCfg(size=TINY_SIZE, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                                              interpolation="bilinear", resize_mode="squash"), is_train=False)
     image = make_scene(0, 3).render(80).crop((0, 0, 80, 60))
     a, b = ours(image, return_tensors="pt")["pixel_values"][0], theirs(image)
     assert a.shape == b.shape == (3, TINY_SIZE, TINY_SIZE)
-    assert (a - b).abs().max().item() <= 1 / 255 / 0.26 * 1.01  # at most one 8-bit level, as above
+    assert (a - b).abs().max().item() <= 1 / 255 / 0.224 * 1.01  # at most one 8-bit level, as above
     assert ((a - b).abs() > 1e-5).float().mean().item() < 0.01
+
+
+def test_caption_demo_preprocessing_is_an_option(tiny_release, tmp_path):
+    """--resize_mode shortest: the authors' caption demo (shorter side to the size, bilinear, centre
+    crop, ImageNet mean/std), written out here from its description."""
+    import numpy as np
+    from PIL import Image
+
+    cfg, tower, _ = tiny_release
+    folder = write_release(tmp_path / "rel", cfg, tower_state(tower), embed_dim=96)
+    convert_release(folder, tmp_path / "out", resize_mode="shortest")
+    ours = AutoImageProcessor.from_pretrained(tmp_path / "out")
+    image = make_scene(0, 3).render(90).crop((0, 0, 90, 60))
+    w, h = image.size
+    s = TINY_SIZE / min(w, h)
+    resized = image.resize((round(w * s), round(h * s)), Image.BILINEAR)
+    left, top = (resized.width - TINY_SIZE) // 2, (resized.height - TINY_SIZE) // 2
+    crop = np.asarray(resized.crop((left, top, left + TINY_SIZE, top + TINY_SIZE)), np.float32) / 255
+    expected = torch.from_numpy((crop - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])).permute(2, 0, 1).float()
+    got = ours(image, return_tensors="pt")["pixel_values"][0]
+    assert got.shape == expected.shape == (3, TINY_SIZE, TINY_SIZE)
+    assert (got - expected).abs().max().item() <= 1 / 255 / 0.224 * 1.01
 
 
 def test_openvision1_clip_release_converts_vision_tower_and_reports_text_tower(tiny_release, tmp_path):
@@ -162,20 +194,43 @@ def test_openvision1_clip_release_converts_vision_tower_and_reports_text_tower(t
     assert max(_compare(tower, model, proj, TINY_SIZE)) <= 1e-5
 
 
-def test_hf_hub_name_resolves_to_local_folder(tiny_release, tmp_path, monkeypatch):
+def test_hf_hub_name_resolves_through_the_hugging_face_cache(tiny_release, tmp_path, monkeypatch):
+    """hf-hub:org/name finds what 'hf download' left in HF_HUB_CACHE (models--org--name/snapshots/REV)."""
+    import huggingface_hub
+
     cfg, tower, _ = tiny_release
-    monkeypatch.setenv("OV2_HUB_DIR", str(tmp_path / "hub"))
-    write_release(tmp_path / "hub" / "UCSC-VLAA" / "tiny-vision-only", cfg, tower_state(tower), embed_dim=96)
+    release = write_release(tmp_path / "release", cfg, tower_state(tower), embed_dim=96)
+    write_hf_cache(tmp_path / "hub", "UCSC-VLAA/tiny-vision-only", release)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     convert_release("hf-hub:UCSC-VLAA/tiny-vision-only", tmp_path / "out")
     assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
-def test_hf_hub_name_missing_says_where_to_put_files(tmp_path, monkeypatch):
-    monkeypatch.setenv("OV2_HUB_DIR", str(tmp_path / "hub"))
+def test_hf_hub_name_missing_names_the_command_that_fills_the_cache(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(FileNotFoundError) as err:
         convert_release("hf-hub:UCSC-VLAA/not-here", tmp_path / "out")
     msg = str(err.value)
-    assert "nothing is downloaded" in msg and str(tmp_path / "hub" / "UCSC-VLAA" / "not-here") in msg
+    assert "nothing is downloaded" in msg and "'hf download UCSC-VLAA/not-here'" in msg and str(tmp_path / "hub") in msg
+
+
+def test_cli_convert_reads_hf_home_from_the_environment(tiny_release, tmp_path):
+    """The CLI in a fresh process, with only HF_HOME set, as a user who ran 'hf download' would have it."""
+    import os
+    import subprocess
+    import sys
+
+    cfg, tower, _ = tiny_release
+    release = write_release(tmp_path / "release", cfg, tower_state(tower), embed_dim=96)
+    write_hf_cache(tmp_path / "hf_home" / "hub", "UCSC-VLAA/tiny-vision-only", release)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(tmp_path / "hf_home"), HF_HUB_OFFLINE="1")
+    out = subprocess.run([sys.executable, "-m", "ov2_plugin.cli", "convert", "hf-hub:UCSC-VLAA/tiny-vision-only",
+                          str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "out" / "model.safetensors").is_file()
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -295,12 +350,12 @@ def test_cli_convert_and_reverse_round_trip(tiny_release, tmp_path, capsys):
 
 
 def test_load_vision_model_accepts_hf_hub_name_of_converted_folder(tiny_converted, tmp_path, monkeypatch):
-    import shutil
+    import huggingface_hub
 
     from ov2_plugin.loading import load_vision_model
 
     dst, _ = tiny_converted
-    shutil.copytree(dst, tmp_path / "hub" / "org" / "converted")
-    monkeypatch.setenv("OV2_HUB_DIR", str(tmp_path / "hub"))
+    write_hf_cache(tmp_path / "hub", "org/converted", dst)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     model = load_vision_model("hf-hub:org/converted")
     assert torch.equal(model.post_layernorm.weight, Ov2VisionModel.from_pretrained(dst).post_layernorm.weight)

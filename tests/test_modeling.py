@@ -24,9 +24,14 @@ def test_any_resolution_works_without_weight_changes(tiny_model):
         assert out.last_hidden_state.shape == (1, 1 + (size // 8) ** 2, 192)
 
 
-def test_image_not_divisible_by_patch_size_gets_a_clear_error(tiny_model):
-    with pytest.raises(ValueError, match="not divisible by the patch size 8"):
-        tiny_model.vision_model(torch.randn(1, 3, 30, 30))
+def test_image_not_a_multiple_of_the_patch_keeps_the_floor_grid(tiny_model):
+    vision = tiny_model.vision_model.eval()
+    x = torch.randn(1, 3, 30, 30)
+    out = vision(x).last_hidden_state
+    assert out.shape == (1, 1 + 3 * 3, 192)  # floor(30 / 8) = 3 per side
+    torch.testing.assert_close(out, vision(x[..., :24, :24]).last_hidden_state)  # the last 6 rows/columns are never read
+    with pytest.raises(ValueError, match="smaller than the patch size 8"):
+        vision(torch.randn(1, 3, 6, 6))
 
 
 def test_token_dropping_keeps_int_n_keep_ratio_different_per_sample():
@@ -171,6 +176,54 @@ def test_generate_greedy_and_beam(tiny_model):
     assert torch.equal(greedy, tiny_model.generate(x, max_new_tokens=6))  # deterministic
     beam = tiny_model.generate(x, max_new_tokens=6, num_beams=3)
     assert beam.shape[0] == 2 and beam.shape[1] <= 7
+
+
+def test_cached_generation_equals_a_greedy_decode_without_cache(tiny_model):
+    """generate() (transformers' loop, KV cache) gives the tokens of re-running the whole prefix each step."""
+    tiny_model.eval()
+    torch.manual_seed(3)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tokens = tiny_model.encode_image(x)
+        ids = torch.ones(2, 1, dtype=torch.long)
+        for _ in range(8):
+            ids = torch.cat([ids, tiny_model.decoder(tokens, ids)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    cached = tiny_model.generate(x, max_new_tokens=8)
+    assert torch.equal(cached, tiny_model.generate(x, max_new_tokens=8, use_cache=False))
+    for row, ref in zip(cached.tolist(), ids[:, 1:].tolist()):
+        end = ref.index(2) + 1 if 2 in ref else len(ref)
+        assert row[:end] == ref[:end]
+
+
+def test_standard_generation_options_work(tiny_model, tmp_path):
+    tiny_model.eval()
+    x = torch.randn(1, 3, 32, 32)
+    loop = tiny_model.generate(x, max_new_tokens=12, min_new_tokens=12)[0].tolist()  # an untrained model repeats itself
+    assert len(set(loop)) < len(loop)
+    no_repeat = tiny_model.generate(x, max_new_tokens=12, min_new_tokens=12, no_repeat_ngram_size=1)[0].tolist()
+    assert len(set(no_repeat)) == len(no_repeat)
+    penalised = tiny_model.generate(x, max_new_tokens=12, min_new_tokens=12, repetition_penalty=100.0)[0].tolist()
+    assert len(set(penalised)) > len(set(loop))
+    torch.manual_seed(0)
+    sampled = tiny_model.generate(x, max_new_tokens=6, do_sample=True, top_k=50)
+    torch.manual_seed(0)
+    assert torch.equal(sampled, tiny_model.generate(x, max_new_tokens=6, do_sample=True, top_k=50))
+    tiny_model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "generation_config.json").read_text())
+    assert (saved["bos_token_id"], saved["eos_token_id"], saved["pad_token_id"]) == (1, 2, 0)
+
+
+def test_generation_never_returns_ids_the_tokenizer_lacks(tiny_config):
+    tiny_config.decoder_config.vocab_size = 1200
+    tiny_config.decoder_config.tokenizer_vocab_size = 1000
+    torch.manual_seed(0)
+    model = Ov2ForCaptioning(tiny_config).eval()
+    with torch.no_grad():
+        model.decoder.lm_head.weight[1000:] *= 50  # the ids above the tokenizer would win every step
+    x = torch.randn(2, 3, 32, 32)
+    assert model(x, torch.ones(2, 1, dtype=torch.long)).logits[:, -1].argmax(-1).min() >= 1000
+    for kwargs in ({}, {"num_beams": 3}, {"do_sample": True}):
+        assert model.generate(x, max_new_tokens=5, **kwargs).max() < 1000, kwargs
 
 
 def test_beam_search_finds_a_sequence_at_least_as_likely_as_greedy(tiny_model):

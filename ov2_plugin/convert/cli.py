@@ -12,13 +12,16 @@ import argparse
 import json
 
 from ..loading import resolve_model_path
-from .release import OPEN_CLIP_CONFIG, convert_release, export_release
+from .release import OPEN_CLIP_CONFIG, RESIZE_MODES, convert_release, export_release
 from .warm_start import SUPPORTED, warm_start_to_folder
 
 
-def convert(src: str, dst: str, reverse: bool = False, use_safetensors: bool = False, **warm_overrides) -> str:
+def convert(src: str, dst: str, reverse: bool = False, use_safetensors: bool = False, resize_mode: str | None = None,
+            **warm_overrides) -> str:
     """Run the conversion SRC's files call for and return the report's summary."""
     folder = resolve_model_path(src)
+    if resize_mode and (reverse or not (folder / OPEN_CLIP_CONFIG).is_file()):
+        raise ValueError("--resize_mode applies to release conversions only (a folder with open_clip_config.json).")
     if warm_overrides and (reverse or (folder / OPEN_CLIP_CONFIG).is_file()):
         raise ValueError("--image_size applies to warm starts only; a release keeps its own image size (our encoder runs at any multiple of the patch size).")
     if not folder.is_dir():
@@ -26,7 +29,7 @@ def convert(src: str, dst: str, reverse: bool = False, use_safetensors: bool = F
     if reverse:
         return export_release(src, dst, use_safetensors=use_safetensors).summary()
     if (folder / OPEN_CLIP_CONFIG).is_file():
-        return convert_release(src, dst).summary()
+        return convert_release(src, dst, resize_mode=resize_mode).summary()
     config_file = folder / "config.json"
     model_type = json.loads(config_file.read_text()).get("model_type") if config_file.is_file() else None
     if model_type in SUPPORTED:
@@ -45,8 +48,12 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--reverse", action="store_true", help="export one of our checkpoints to the release's open_clip layout")
     parser.add_argument("--safetensors", action="store_true", help="with --reverse: write open_clip_model.safetensors instead of the .bin")
     parser.add_argument("--image_size", type=int, default=None, help="warm start: image size of the new encoder")
+    parser.add_argument("--resize_mode", choices=RESIZE_MODES, default=None, help=(
+        "release: preprocessing of the saved image processor; default the release's preprocess_cfg (squash), "
+        "'shortest' resizes the shorter side and centre-crops as the authors' caption demo does"))
     args = parser.parse_args(argv)
     overrides = {"image_size": args.image_size} if args.image_size else {}
-    summary = convert(args.src, args.dst, reverse=args.reverse, use_safetensors=args.safetensors, **overrides)
+    summary = convert(args.src, args.dst, reverse=args.reverse, use_safetensors=args.safetensors,
+                      resize_mode=args.resize_mode, **overrides)
     print(summary)
     return summary

@@ -8,7 +8,7 @@ the mapping can be read (and fixed) in one place; file handling lives in ``relea
 Release (open_clip) key                         ours (``Ov2VisionModel``)
 ``conv1.weight``                                ``embeddings.patch_embedding.weight``
 ``class_embedding``                             ``embeddings.class_embedding``
-``positional_embedding``  [1+N, D]              computed (checked, not stored)
+``positional_embedding``  [1+N, D]              computed (checked; the stored table kept for export)
 ``transformer.resblocks.{i}.ln_1``              ``layers.{i}.layer_norm1``
 ``transformer.resblocks.{i}.attn.in_proj_*``    ``layers.{i}.self_attn.qkv``
 ``transformer.resblocks.{i}.attn.out_proj``     ``layers.{i}.self_attn.out_proj``
@@ -17,6 +17,11 @@ Release (open_clip) key                         ours (``Ov2VisionModel``)
 ``transformer.resblocks.{i}.mlp.c_proj``        ``layers.{i}.mlp.fc2``
 ``ln_post``                                     ``post_layernorm``
 ``proj``  [D, embed_dim]                        none: kept aside and written back on export
+
+Caption decoder (``caption_decoder.safetensors``), release key -> ours inside ``decoder.``:
+``token_embedding.weight``, ``image_projection.weight``, ``lm_head.weight`` -> ``embed_tokens``,
+``image_projection``, ``lm_head`` (all [out, in]); ``blocks.{i}.*`` -> ``layers.{i}.*`` with the
+block names above; ``ln_final`` -> ``norm``.
 """
 
 from __future__ import annotations
@@ -29,10 +34,16 @@ import torch
 from ..configuration import Ov2DecoderConfig, Ov2VisionConfig
 from ..modeling_vision import sincos_2d_table
 
-# open_clip's defaults for keys a config leaves out (open_clip/constants.py, transform.py).
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-OPEN_CLIP_LN_EPS = 1e-5  # torch's LayerNorm default, used by open_clip without norm_kwargs
+# What a release runs when its config leaves a key out. Preprocessing: ImageNet mean/std, bilinear,
+# squash (the release's preprocess_cfg), never open_clip's OpenAI-CLIP defaults. LayerNorm eps: the
+# authors' patched open_clip builds every OpenVision 2 LayerNorm with 1e-6 whatever norm_kwargs
+# says; OpenVision 1 releases (with a text tower) run in upstream open_clip, which takes norm_kwargs
+# and otherwise torch's 1e-5.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RELEASE_PREPROCESS = {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD), "interpolation": "bilinear", "resize_mode": "squash"}
+OV2_LN_EPS = 1e-6
+UPSTREAM_OPEN_CLIP_LN_EPS = 1e-5
 
 # One transformer block, release name -> our name. The caption decoder uses the same block.
 BLOCK_KEYS: dict[str, str] = {
@@ -56,22 +67,25 @@ VISION_TOP_KEYS: dict[str, str] = {
     "ln_post.weight": "post_layernorm.weight",
     "ln_post.bias": "post_layernorm.bias",
 }
-POS_KEY = "positional_embedding"  # computed by our model; checked on import, regenerated on export
+POS_KEY = "positional_embedding"  # computed by our model; checked on import, the stored one kept for export
 VISION_EXTRA_KEYS = ("proj",)  # contrastive projection: not part of our encoder, carried along
 
-# ASSUMPTION (no released decoder file was available to check against): the caption decoder is
-# stored with open_clip-style names, blocks as in open_clip's text transformer, and the two
-# projections as open_clip stores ``proj``/``text_projection``: plain [in, out] matrices applied
-# as ``x @ W`` (so they are the transpose of our ``nn.Linear`` weights). Change this table and
-# ``DECODER_TRANSPOSED`` if a real file says otherwise; the tests build files with this naming.
+# The caption decoder as every OpenVision 2 release stores it (``caption_decoder.safetensors``,
+# loaded strictly by the authors' ``OpenVision2TextDecoder``): blocks under ``blocks.{i}`` with the
+# same names as the encoder's blocks; the image projection and the head are plain ``nn.Linear``
+# weights without bias ([out, in], the same orientation as ours, so nothing is transposed).
 DECODER_TOP_KEYS: dict[str, str] = {
-    "image_projection": "image_projection.weight",  # [vision width, E], no bias
     "token_embedding.weight": "embed_tokens.weight",  # [V, E]
+    "image_projection.weight": "image_projection.weight",  # [E, vision width]
     "ln_final.weight": "norm.weight",
     "ln_final.bias": "norm.bias",
-    "text_projection": "lm_head.weight",  # [E, V], no bias
+    "lm_head.weight": "lm_head.weight",  # [V, E]
 }
-DECODER_TRANSPOSED = frozenset({"image_projection", "text_projection"})
+
+# text_decoder_config.json: the fields the authors' loader reads, and the optional ones with the
+# defaults of their decoder config (LayerNorm eps 1e-6 as Flax, pad id 0).
+DECODER_CONFIG_FIELDS = ("width", "depth", "num_heads", "mlp_dim", "vocab_size", "vision_width", "bos_id", "eos_id")
+DECODER_CONFIG_OPTIONAL = {"pad_id": 0, "layer_norm_eps": 1e-6}
 
 # vision_cfg settings our encoder does not implement, with the value it needs.
 _REQUIRED_VISION_SETTINGS: dict[str, Any] = {
@@ -94,10 +108,10 @@ def vision_key_map(num_layers: int) -> dict[str, str]:
 
 
 def decoder_key_map(num_layers: int) -> dict[str, str]:
-    """Every stored caption-decoder key (assumed release name -> our name inside ``decoder.``)."""
+    """Every stored caption-decoder key (release name -> our name inside ``decoder.``)."""
     keys = dict(DECODER_TOP_KEYS)
     for i in range(num_layers):
-        keys.update({f"transformer.resblocks.{i}.{k}": f"layers.{i}.{v}" for k, v in BLOCK_KEYS.items()})
+        keys.update({f"blocks.{i}.{k}": f"layers.{i}.{v}" for k, v in BLOCK_KEYS.items()})
     return keys
 
 
@@ -132,11 +146,24 @@ def _square(value: Any, name: str) -> int:
     return int(value)
 
 
+def release_preprocess(preprocess_cfg: dict[str, Any] | None) -> dict[str, Any]:
+    """The release's preprocessing: its ``preprocess_cfg`` over ImageNet + bilinear + squash."""
+    return {**RELEASE_PREPROCESS, **(preprocess_cfg or {})}
+
+
+def layer_norm_eps(model_cfg: dict[str, Any]) -> float:
+    """The eps the release's own code runs (see ``OV2_LN_EPS``): OpenVision 2 releases have no text tower."""
+    configured = ((model_cfg.get("vision_cfg") or {}).get("norm_kwargs") or {}).get("eps")
+    if "text_cfg" not in model_cfg:
+        return OV2_LN_EPS
+    return float(configured) if configured is not None else UPSTREAM_OPEN_CLIP_LN_EPS
+
+
 def vision_config_from_open_clip(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any] | None = None) -> Ov2VisionConfig:
     """Our encoder config from an open_clip ``model_cfg``; a clear error for a different architecture.
 
-    Preprocessing (mean/std) comes from ``preprocess_cfg`` with open_clip's defaults for absent
-    keys, so the saved image processor normalises as open_clip would for this release.
+    Mean/std come from ``preprocess_cfg`` (ImageNet where absent), so the saved image processor
+    normalises as the release does; the image size need not be a multiple of the patch.
     """
     vc = model_cfg.get("vision_cfg")
     if not isinstance(vc, dict):
@@ -158,7 +185,7 @@ def vision_config_from_open_clip(model_cfg: dict[str, Any], preprocess_cfg: dict
     head_width = int(vc.get("head_width", 64))
     if width % head_width:
         raise ValueError(f"vision_cfg width {width} is not divisible by head_width {head_width}.")
-    pre = preprocess_cfg or {}
+    pre = release_preprocess(preprocess_cfg)
     return Ov2VisionConfig(
         hidden_size=width,
         num_hidden_layers=int(vc.get("layers", 12)),
@@ -167,9 +194,9 @@ def vision_config_from_open_clip(model_cfg: dict[str, Any], preprocess_cfg: dict
         patch_size=_square(vc.get("patch_size", 16), "patch_size"),
         image_size=_square(vc.get("image_size", 224), "image_size"),
         hidden_act=_activation_from_open_clip(model_cfg, vc.get("act_kwargs")),
-        layer_norm_eps=float((vc.get("norm_kwargs") or {}).get("eps", OPEN_CLIP_LN_EPS)),
-        image_mean=tuple(pre.get("mean", OPENAI_MEAN)),
-        image_std=tuple(pre.get("std", OPENAI_STD)),
+        layer_norm_eps=layer_norm_eps(model_cfg),
+        image_mean=tuple(pre["mean"]),
+        image_std=tuple(pre["std"]),
     )
 
 
@@ -203,42 +230,52 @@ def open_clip_config_from_vision(config: Ov2VisionConfig, embed_dim: int) -> dic
     return {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
 
 
-def decoder_config_from_release(cfg: dict[str, Any]) -> Ov2DecoderConfig:
-    """Our decoder config from ``text_decoder_config.json`` (assumed field names, see module doc)."""
-    missing = [k for k in ("width", "layers", "heads", "vocab_size") if k not in cfg]
+def decoder_config_from_release(
+    cfg: dict[str, Any], vision_width: int, tokenizer_vocab_size: int, file_name: str = "text_decoder_config.json"
+) -> tuple[Ov2DecoderConfig, list[str]]:
+    """(our decoder config, the unknown fields found) from a release's ``text_decoder_config.json``.
+
+    The decoder runs tanh GELU, pre-LN and eps 1e-6 whatever the file says (the authors' decoder
+    hard-codes them); the vocabulary has 32000 rows against the tokenizer's 30522, so generation is
+    limited to the ids the tokenizer can decode.
+    """
+    missing = [k for k in DECODER_CONFIG_FIELDS if k not in cfg]
     if missing:
-        raise ValueError(f"text_decoder_config.json lacks {missing}; expected width, layers, heads, vocab_size (+ mlp_ratio or mlp_width).")
-    width = int(cfg["width"])
-    mlp = int(cfg["mlp_width"]) if "mlp_width" in cfg else int(width * float(cfg.get("mlp_ratio", 4.0)))
-    act_kwargs = cfg.get("act_kwargs", {"approximate": "tanh"})
-    return Ov2DecoderConfig(
-        hidden_size=width,
-        num_hidden_layers=int(cfg["layers"]),
-        intermediate_size=mlp,
-        num_attention_heads=int(cfg["heads"]),
-        vocab_size=int(cfg["vocab_size"]),
-        hidden_act=_activation_from_open_clip({}, act_kwargs),
-        layer_norm_eps=float((cfg.get("norm_kwargs") or {}).get("eps", 1e-6)),
-        max_length=int(cfg.get("context_length", 128)),
-        pad_token_id=int(cfg.get("pad_id", 0)),
-        bos_token_id=int(cfg.get("bos_id", 1)),
-        eos_token_id=int(cfg.get("eos_id", 2)),
+        raise ValueError(f"{file_name} lacks the field(s) {', '.join(missing)}; a release's decoder config has "
+                         f"{', '.join(DECODER_CONFIG_FIELDS)}. The file is damaged or from another model.")
+    if int(cfg["vision_width"]) != vision_width:
+        raise ValueError(f"{file_name}: vision_width {cfg['vision_width']} does not match the encoder's width {vision_width} "
+                         "(open_clip_config.json vision_cfg.width); the two files come from different releases.")
+    unknown = sorted(set(cfg) - set(DECODER_CONFIG_FIELDS) - set(DECODER_CONFIG_OPTIONAL))
+    vocab = int(cfg["vocab_size"])
+    config = Ov2DecoderConfig(
+        hidden_size=int(cfg["width"]),
+        num_hidden_layers=int(cfg["depth"]),
+        intermediate_size=int(cfg["mlp_dim"]),
+        num_attention_heads=int(cfg["num_heads"]),
+        vocab_size=vocab,
+        hidden_act="gelu_pytorch_tanh",
+        layer_norm_eps=float(cfg.get("layer_norm_eps", DECODER_CONFIG_OPTIONAL["layer_norm_eps"])),
+        tokenizer_vocab_size=tokenizer_vocab_size if vocab > tokenizer_vocab_size else None,
+        pad_token_id=int(cfg.get("pad_id", DECODER_CONFIG_OPTIONAL["pad_id"])),
+        bos_token_id=int(cfg["bos_id"]),
+        eos_token_id=int(cfg["eos_id"]),
     )
+    return config, unknown
 
 
-def release_decoder_config(config: Ov2DecoderConfig, image_width: int) -> dict[str, Any]:
+def release_decoder_config(config: Ov2DecoderConfig, vision_width: int) -> dict[str, Any]:
     """``text_decoder_config.json`` content for our decoder config (inverse of the above)."""
-    _, act_kwargs = _activation_to_open_clip(config.hidden_act)
+    if config.hidden_act != "gelu_pytorch_tanh":
+        raise ValueError(f"The release's decoder runs tanh GELU; this decoder uses {config.hidden_act!r} and cannot be exported.")
     return {
         "width": config.hidden_size,
-        "layers": config.num_hidden_layers,
-        "heads": config.num_attention_heads,
-        "mlp_width": config.intermediate_size,
+        "depth": config.num_hidden_layers,
+        "num_heads": config.num_attention_heads,
+        "mlp_dim": config.intermediate_size,
         "vocab_size": config.vocab_size,
-        "context_length": config.max_length,
-        "image_width": image_width,
-        "act_kwargs": act_kwargs or {"approximate": "none"},
-        "norm_kwargs": {"eps": config.layer_norm_eps},
+        "vision_width": vision_width,
+        "layer_norm_eps": config.layer_norm_eps,
         "pad_id": config.pad_token_id,
         "bos_id": config.bos_token_id,
         "eos_id": config.eos_token_id,
@@ -310,7 +347,7 @@ def _geometry_hint(state: dict[str, torch.Tensor], config: Ov2VisionConfig) -> s
         parts.append(f"width {w.shape[0]}, patch {w.shape[-1]}")
         if POS_KEY in state:
             grid = math.isqrt(max(state[POS_KEY].shape[0] - 1, 0))
-            parts.append(f"image size {grid * w.shape[-1]}")
+            parts.append(f"a {grid}x{grid} patch grid (image size {grid * w.shape[-1]} to {(grid + 1) * w.shape[-1] - 1})")
     layers = {k.split(".")[2] for k in state if k.startswith("transformer.resblocks.")}
     parts.append(f"{len(layers)} layers")
     return (
@@ -327,7 +364,7 @@ def expected_vision_shapes(config: Ov2VisionConfig) -> dict[str, torch.Size]:
     with torch.device("meta"):
         ours = {k: v.shape for k, v in Ov2VisionModel(config).state_dict().items()}
     shapes = {k: ours[v] for k, v in vision_key_map(config.num_hidden_layers).items()}
-    grid = config.image_size // config.patch_size
+    grid = config.num_patches_per_side
     shapes[POS_KEY] = torch.Size([grid * grid + 1, config.hidden_size])
     return shapes
 
@@ -359,9 +396,9 @@ def vision_from_open_clip(
     bad = _shape_problems(state, expected_vision_shapes(config))
     if bad:
         raise ValueError("Shape mismatch: " + "; ".join(bad) + ". " + _geometry_hint(state, config))
-    check_position_table(state[POS_KEY], config.image_size // config.patch_size, config.hidden_size)
+    check_position_table(state[POS_KEY], config.num_patches_per_side, config.hidden_size)
     ours = {ours_key: state[key] for key, ours_key in key_map.items()}
-    extras = {k: state[k] for k in VISION_EXTRA_KEYS if k in state}
+    extras = {k: state[k] for k in (*VISION_EXTRA_KEYS, POS_KEY) if k in state}
     return ours, extras
 
 
@@ -371,21 +408,25 @@ def vision_to_open_clip(
     """Release-layout state dict of our encoder: the inverse of ``vision_from_open_clip``.
 
     open_clip's ``VisionTransformer`` always has ``proj``; an encoder that never had one (ours,
-    pretrained here) gets the identity, so pooled features are unchanged in open_clip.
+    pretrained here) gets the identity, so pooled features are unchanged in open_clip. The
+    position table kept from a release is written back as stored (bit for bit) while the grid
+    is unchanged, and computed otherwise.
     """
     key_map = vision_key_map(config.num_hidden_layers)
     state = {key: ours[ours_key] for key, ours_key in key_map.items()}
-    grid = config.image_size // config.patch_size
+    grid = config.num_patches_per_side
     dtype = ours["embeddings.class_embedding"].dtype
-    state[POS_KEY] = release_position_table(grid, config.hidden_size).to(dtype)
     extras = dict(extras or {})
+    kept_table = extras.pop(POS_KEY, None)
+    computed = release_position_table(grid, config.hidden_size).to(dtype)
+    state[POS_KEY] = kept_table if kept_table is not None and kept_table.shape == computed.shape else computed
     extras.setdefault("proj", torch.eye(config.hidden_size, dtype=dtype))
     state.update(extras)
     return state
 
 
 def decoder_from_release(state: dict[str, torch.Tensor], config: Ov2DecoderConfig, image_width: int) -> dict[str, torch.Tensor]:
-    """Our ``decoder.*`` state dict (without the prefix) from the assumed release naming."""
+    """Our ``decoder.*`` state dict (without the prefix) from ``caption_decoder.safetensors``."""
     key_map = decoder_key_map(config.num_hidden_layers)
     missing = sorted(set(key_map) - set(state))
     unexpected = sorted(set(state) - set(key_map))
@@ -394,9 +435,9 @@ def decoder_from_release(state: dict[str, torch.Tensor], config: Ov2DecoderConfi
             "caption_decoder.safetensors does not match the caption decoder of text_decoder_config.json. "
             + (f"Missing keys: {list_keys(missing)}. " if missing else "")
             + (f"Unexpected keys: {list_keys(unexpected)}. " if unexpected else "")
-            + "Check that the decoder config (layers) belongs to these weights."
+            + "Check that the decoder config (depth) belongs to these weights."
         )
-    ours = {key_map[k]: (v.t().contiguous() if k in DECODER_TRANSPOSED else v) for k, v in state.items()}
+    ours = {key_map[k]: v for k, v in state.items()}
     width, vocab = config.hidden_size, config.vocab_size
     want = {"image_projection.weight": (width, image_width), "embed_tokens.weight": (vocab, width), "lm_head.weight": (vocab, width)}
     for i in range(config.num_hidden_layers):
@@ -405,13 +446,12 @@ def decoder_from_release(state: dict[str, torch.Tensor], config: Ov2DecoderConfi
     bad = [f"{k}: checkpoint {tuple(ours[k].shape)} vs config {v}" for k, v in want.items() if tuple(ours[k].shape) != v]
     if bad:
         raise ValueError(
-            "Caption decoder shape mismatch: " + "; ".join(bad) + ". The decoder config (width, mlp, vocab_size) or "
-            f"the encoder it belongs to (width {image_width}) does not match these weights."
+            "Caption decoder shape mismatch: " + "; ".join(bad) + ". text_decoder_config.json (width, mlp_dim, "
+            f"vocab_size, vision_width {image_width}) does not describe these weights."
         )
     return ours
 
 
 def decoder_to_release(ours: dict[str, torch.Tensor], config: Ov2DecoderConfig) -> dict[str, torch.Tensor]:
-    """Assumed release naming for our decoder state dict (``decoder.`` prefix removed)."""
-    key_map = decoder_key_map(config.num_hidden_layers)
-    return {k: (ours[v].t().contiguous() if k in DECODER_TRANSPOSED else ours[v]) for k, v in key_map.items()}
+    """The release's naming for our decoder state dict (``decoder.`` prefix removed)."""
+    return {k: ours[v].contiguous() for k, v in decoder_key_map(config.num_hidden_layers).items()}
