@@ -269,8 +269,9 @@ def run_training(m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments)
         if t.process_index == 0:
             shutil.rmtree(out / COUNTS_FOLDER, ignore_errors=True)
     counter = BadSampleCounter(out, f"rank{t.process_index}", d.max_bad_fraction)
-    if t.lora_enable and not m.model_name_or_path and t.process_index == 0:
-        # an adapter names its base folder; a freshly built base must exist on disk for it
+    if t.lora_enable and m.model_name_or_path:  # an adapter names its base folder: absolute, so it loads from anywhere
+        model.config._name_or_path = str(Path(m.model_name_or_path).resolve())
+    elif t.lora_enable and t.process_index == 0:  # a freshly built base must exist on disk for it
         base = save_llava(model, processor, out / "base")
         model.config._name_or_path = str(base.resolve())
     model = set_trainable(model, t)
