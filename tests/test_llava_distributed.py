@@ -69,7 +69,7 @@ def lora_stage(start: Path, out: Path, zero: str) -> dict:
         "--learning_rate", "1e-2", "--mm_projector_lr", "2e-2", "--max_steps", "3", "--logging_steps", "1",
         "--per_device_train_batch_size", "2", "--use_cpu", "true", "--dataloader_num_workers", "0", "--seed", "0",
     )
-    report = out / "train_report.json"
+    report = out / "report.json"
     assert report.is_file(), f"no report (exit code {run.returncode}):\n{(run.stdout + run.stderr)[-3000:]}"
     return json.loads(report.read_text())
 

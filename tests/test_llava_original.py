@@ -249,3 +249,58 @@ def test_eval_adapters_answer_from_original_checkpoint(tower_dir, tmp_path):
     logp_first, is_greedy = runner.loglikelihood("red circle", [image], " " + first)
     logp_other, other_greedy = runner.loglikelihood("red circle", [image], " " + other)
     assert is_greedy and not other_greedy and logp_other < logp_first < 0
+
+
+def test_llava_train_entry_trains_text_only_records_beside_image_records(tower_dir, tmp_path):
+    """LLaVA's own ``train.py``, stage 2 (``v1`` template) on a mix of image and text-only records:
+    LLaVA gives a text-only sample a zero image whose features it drops; our tower goes through that."""
+    from llava.conversation import conv_templates
+    from transformers import LlamaForCausalLM
+
+    from ov2_plugin.data.instructions import instruction_records, vocabulary
+
+    system_words = "".join(c if c.isalpha() else " " for c in conv_templates["vicuna_v1"].system).split()
+    tokenizer = build_word_tokenizer([*vocabulary(), *system_words])  # LLaVA pads with <unk>: no word may be unknown
+    lm_dir, image_dir = tmp_path / "lm", tmp_path / "images"
+    tokenizer.save_pretrained(lm_dir)
+    torch.manual_seed(0)
+    LlamaForCausalLM(tiny_llama_config(len(tokenizer))).save_pretrained(lm_dir)
+    image_dir.mkdir()
+    images = list(instruction_records(0, 2))[:6]
+    for record in images:
+        make_scene(0, int(record["id"].split("-")[1])).render(40).save(image_dir / f"{record['id']}.png")
+        record["image"] = f"{record['id']}.png"
+    text = [{"id": f"text-{i}", "conversations": [{"from": "human", "value": "what colour are the circles?"},
+                                                  {"from": "gpt", "value": "red"}]} for i in range(4)]
+    (tmp_path / "data.json").write_text(json.dumps([images[0], text[0], images[1], text[1], *images[2:4], text[2],
+                                                    images[4], text[3], images[5]]))
+    cmd = [sys.executable, "-m", "ov2_plugin.llava.original", "--model_name_or_path", str(lm_dir), "--version", "v1",
+           "--data_path", str(tmp_path / "data.json"), "--image_folder", str(image_dir), "--vision_tower",
+           f"ov2:{tower_dir}", "--mm_projector_type", "mlp2x_gelu", "--mm_vision_select_layer", "-2",
+           "--mm_use_im_start_end", "False", "--mm_use_im_patch_token", "False", "--image_aspect_ratio", "pad",
+           "--use_cpu", "True", "--output_dir", str(tmp_path / "out"), "--num_train_epochs", "1",
+           "--per_device_train_batch_size", "4", "--learning_rate", "1e-3", "--model_max_length", "128",
+           "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--dataloader_num_workers", "0",
+           "--lazy_preprocess", "True"]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}
+    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "tokenization mismatch" not in run.stdout  # LLaVA would mask a whole sample and train nothing on it
+    state = json.loads((tmp_path / "out" / "trainer_state.json").read_text())
+    losses = [h["loss"] for h in state["log_history"] if "loss" in h]
+    assert len(losses) == 3 and all(0 < x < 20 for x in losses)  # 10 records, batches of 4: every record trained
+
+
+def test_text_only_row_of_a_mixed_batch_ignores_its_zero_image(tower_dir):
+    """LLaVA's multimodal merge with our tower: the text-only row (no image token, a zero image in the
+    batch as LLaVA's collator gives it) has the logits it has on its own, and the batch trains. LLaVA right-pads the merged rows, so the text row is at its start."""
+    model = tiny_llava(tower_dir)
+    ids = torch.tensor([[1, IMAGE, 5, 6, 7], [1, 8, 9, 10, 11]])
+    images = torch.cat([pixels(model.get_vision_tower()), torch.zeros(1, 3, 32, 32)])
+    out = model(input_ids=ids, images=images, labels=ids.clamp(min=0))
+    out.loss.backward()
+    projector = model.get_model().mm_projector[0].weight.grad
+    assert torch.isfinite(out.loss) and projector is not None and projector.abs().sum() > 0
+    with torch.no_grad():
+        alone = model(input_ids=ids[1:], images=torch.zeros(1, 3, 32, 32)).logits[0]
+        torch.testing.assert_close(out.logits[1, :5].detach(), alone, rtol=1e-4, atol=1e-5)

@@ -41,8 +41,37 @@ HEADLINES = {
 # ---------------------------------------------------------------- one runner per framework
 
 
+class FrameworkFailed(RuntimeError):
+    """An evaluation framework ran but produced no (or incomplete) results; ``ov2 eval`` exits 1."""
+
+
+def run_logged(cmd: list[str], env: dict) -> tuple[int, str]:
+    """Run ``cmd`` with its output shown as it comes (progress bars too); return the exit code and the
+    output's last 20,000 characters."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    tail = b""
+    for chunk in iter(lambda: proc.stdout.read1(65536), b""):
+        sys.stderr.buffer.write(chunk)
+        sys.stderr.flush()
+        tail = (tail + chunk)[-20000:]
+    return proc.wait(), tail.decode(errors="replace")
+
+
+def lmms_eval_error(log: str) -> str:
+    """lmms-eval's own one-line reason ("Error during evaluation: ..."), which it logs and then exits 0."""
+    lines = [line for line in log.splitlines() if "Error during evaluation:" in line]
+    if not lines:
+        return "its log above says why"
+    reason = lines[-1].split("Error during evaluation:", 1)[1].split(". Please set `--verbosity", 1)[0].strip()
+    return f"error: {reason}"
+
+
 def run_lmms_eval(model: Path, tasks: list[str], include: Path | None, out: Path, args) -> dict:
-    """lmms-eval's own CLI in a subprocess (its progress bar shows); returns its results dict."""
+    """lmms-eval's own CLI in a subprocess (its progress bar shows); returns its results dict.
+
+    lmms-eval catches any error of a run (a model that does not load, a task that fails), logs it
+    and exits 0 without results: a missing results file, or for the built-in suite a task missing
+    from it, is a failure here."""
     model_args = f"pretrained={model},conv_template={args.conv_template}"
     cmd = [sys.executable, "-m", "lmms_eval", "--model", "ov2_llava", "--model_args", model_args,
            "--tasks", ",".join(tasks), "--batch_size", str(args.batch_size), "--output_path", str(out), "--log_samples"]
@@ -50,11 +79,14 @@ def run_lmms_eval(model: Path, tasks: list[str], include: Path | None, out: Path
     cmd += ["--include_path", str(include)] if include else []
     cmd += ["--limit", str(args.limit)] if args.limit else []
     cmd += ["--gen_kwargs", f"max_new_tokens={args.max_new_tokens}"] if args.max_new_tokens else []
-    proc = subprocess.run(cmd, env={**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")})
+    code, log = run_logged(cmd, {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")})
     found = sorted(out.rglob("*_results.json"))
-    if proc.returncode != 0 or not found:
-        raise RuntimeError(f"lmms-eval failed (exit {proc.returncode}); its log above says why.")
+    if code != 0 or not found:
+        raise FrameworkFailed(f"lmms-eval failed (exit {code}, no results written; {lmms_eval_error(log)}).")
     results = json.loads(found[-1].read_text())["results"]
+    missing = [t for t in tasks if include and t not in results]
+    if missing:
+        raise FrameworkFailed(f"lmms-eval wrote no results for {missing}; {lmms_eval_error(log)}.")
     return {t: {k.split(",")[0]: v for k, v in r.items() if isinstance(v, int | float) and "stderr" not in k}
             for t, r in results.items()}
 
@@ -256,7 +288,11 @@ def main(argv: list[str] | None = None) -> None:
 
         return suite_main(argv[1:])
     args = parse_args(argv)
-    result = evaluate(args)
+    try:
+        result = evaluate(args)
+    except FrameworkFailed as err:  # the framework's own log is above; one line says what failed
+        print(f"ov2 eval: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
     print((Path(args.out) / "results.md").read_text())
     print(f"wrote {args.out}/results.json, results.md" + (", results.png" if result["table"] else ""))
 

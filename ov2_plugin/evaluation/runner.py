@@ -21,14 +21,40 @@ def default_device() -> str:
 ORIGINAL_MODEL_TYPE = "llava_llama"  # the config of llava-torch's LlavaLlamaForCausalLM
 
 
+ADAPTER_CONFIG = "adapter_config.json"  # peft's file: a LoRA adapter folder (``ov2 llava-train --lora_enable``)
+
+
+def lora_base(path: Path) -> Path:
+    """The base LLaVA folder a LoRA adapter folder names (``base_model_name_or_path``), checked."""
+    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
+    fix = (f"evaluate {str(path / 'merged')!r} instead" if (path / "merged" / "config.json").is_file()
+           else "train with --merge_lora true and evaluate OUTPUT_DIR/merged")
+    if not (Path(base) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} is a LoRA adapter whose base model {base!r} is not a folder here; put the base at that "
+            f"path (adapter_config.json's base_model_name_or_path), or {fix}."
+        )
+    model_type = json.loads((Path(base) / "config.json").read_text()).get("model_type")
+    if model_type != "llava":
+        raise ValueError(
+            f"{str(path)!r} is a LoRA adapter over a {model_type!r} model; adapters load over HF LLaVA folders only, "
+            f"so {fix}."
+        )
+    return Path(base)
+
+
 def check_model_dir(path: str | Path) -> Path:
-    """The boundary check for ``--model``: an HF LLaVA or an original-LLaVA folder, else a message with the fix."""
+    """The boundary check for ``--model``: an HF LLaVA folder, a LoRA adapter folder over one, or an
+    original-LLaVA folder; else a message with the fix."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(
             f"Model folder {str(path)!r} does not exist; pass a LLaVA folder written by 'ov2 llava-build' or 'ov2 llava-train'."
         )
     config = path / "config.json"
+    if not config.is_file() and (path / ADAPTER_CONFIG).is_file():
+        lora_base(path)
+        return path
     if not config.is_file():
         raise FileNotFoundError(f"{str(path)!r} has no config.json; pass a LLaVA folder written by 'ov2 llava-build'.")
     model_type = json.loads(config.read_text()).get("model_type")
@@ -42,33 +68,49 @@ def check_model_dir(path: str | Path) -> Path:
 
 def make_runner(pretrained: str | Path, device: str = "cpu", dtype: str = "float32", batch_size: int = 1,
                 conv_template: str = "vicuna_v1") -> LlavaRunner | OriginalLlavaRunner:
-    """The runner for the folder's kind: HF ``LlavaForConditionalGeneration`` or original LLaVA.
+    """The runner for the folder's kind: HF ``LlavaForConditionalGeneration`` (or a LoRA adapter over
+    one) or original LLaVA.
 
     ``conv_template`` (a key of llava-torch's ``conv_templates``) only applies to original LLaVA,
     whose checkpoints do not record the template they were trained with; HF folders carry theirs.
     """
     path = check_model_dir(pretrained)
-    if json.loads((path / "config.json").read_text()).get("model_type") == ORIGINAL_MODEL_TYPE:
+    config = path / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("model_type") == ORIGINAL_MODEL_TYPE:
         return OriginalLlavaRunner(path, device=device, dtype=dtype, conv_template=conv_template)
     return LlavaRunner(path, device=device, dtype=dtype, batch_size=batch_size)
 
 
+def load_hf_llava(path: Path, dtype: torch.dtype):
+    """An HF LLaVA folder, or a LoRA adapter folder loaded over its base with peft and merged
+    (merged once here, so generation runs at the speed of a plain model)."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    import ov2_plugin  # noqa: F401  (registers the OpenVision 2 tower with transformers)
+
+    if (path / "config.json").is_file():
+        return LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype), AutoProcessor.from_pretrained(path)
+    from peft import PeftModel
+
+    base = lora_base(path)
+    model = LlavaForConditionalGeneration.from_pretrained(base, dtype=dtype)
+    model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    # ov2 llava-train saves the processor beside the adapter; an adapter saved alone uses the base's
+    processor_dir = path if (path / "processor_config.json").is_file() or (path / "tokenizer_config.json").is_file() else base
+    return model, AutoProcessor.from_pretrained(processor_dir)
+
+
 class LlavaRunner:
-    """Load an HF LLaVA folder once; generate answers in batches and score continuations.
+    """Load an HF LLaVA folder (or a LoRA adapter folder over one) once; generate answers in batches and score continuations.
 
     ``batch_size`` questions are decoded together with left padding; ``generate`` is greedy.
     """
 
     def __init__(self, pretrained: str | Path, device: str = "cpu", dtype: str = "float32", batch_size: int = 1):
-        from transformers import AutoProcessor, LlavaForConditionalGeneration
-
-        import ov2_plugin  # noqa: F401  (registers the OpenVision 2 tower with transformers)
-
         path = check_model_dir(pretrained)
         self.device = torch.device(device)
-        self.model = LlavaForConditionalGeneration.from_pretrained(path, dtype=getattr(torch, dtype)).to(self.device)
-        self.model.eval()
-        self.processor = AutoProcessor.from_pretrained(path)
+        model, self.processor = load_hf_llava(path, getattr(torch, dtype))
+        self.model = model.to(self.device).eval()
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"  # decoder-only batching: prompts end together
         self.batch_size = max(1, int(batch_size))

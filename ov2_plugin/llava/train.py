@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,9 +21,10 @@ import torch
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.integrations import is_deepspeed_zero3_enabled
 
+from ..data.bad_samples import COUNTS_FOLDER, BadSampleCounter, BadSampleLimitExceeded, collect_bad_samples
 from ..deepspeed_helpers import start_deepspeed, whole_weights
-from .build import build_llava, load_llava, save_llava
-from .data import ConversationCollator, LlavaConversations
+from .build import IMAGE_TOKEN, build_llava, load_llava, save_llava
+from .data import RECORD_REASONS, TEXT_ONLY, ConversationCollator, LlavaConversations, SkippedRecords
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +58,8 @@ class DataArguments:
     )
     version: str = field(default="chat", metadata={"help": "plain (stage 1) or chat (USER:/ASSISTANT: turns)."})
     image_aspect_ratio: str = field(default="square", metadata={"help": "'pad' pads to a square first, as LLaVA-1.5."})
+    max_bad_fraction: float = field(default=0.25, metadata={
+        "help": "Stop when more than this share of the records (malformed) or of the images read (missing, corrupt) is broken."})
 
 
 @dataclass
@@ -138,7 +142,21 @@ def set_trainable(model, t: LlavaTrainingArguments):
 
 
 class LlavaTrainer(Trainer):
-    """Trainer whose optimiser gives the projector and the tower their own learning rates."""
+    """Trainer whose optimiser gives the projector and the tower their own learning rates, and which
+    counts the samples it trains on and the unreadable images the dataset skipped (``bad_samples``)."""
+
+    def __init__(self, *args, bad_samples: BadSampleCounter | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.bad_samples = bad_samples
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        skipped = inputs.pop("bad_samples", ())
+        if self.bad_samples is not None:  # counted here, in the trainer's process: workers share no memory
+            for _ in range(len(inputs["input_ids"])):
+                self.bad_samples.add_good()
+            for reason, where in skipped:
+                self.bad_samples.add_bad(reason, where)
+        return super().training_step(model, inputs, num_items_in_batch)
 
     def create_optimizer(self, model=None):
         if self.optimizer is not None:
@@ -183,13 +201,8 @@ def save_outputs(model, processor, t: LlavaTrainingArguments) -> Path:
     return out
 
 
-def run_training(m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments) -> dict:
-    if t.deepspeed:
-        start_deepspeed()
-    set_seed(t.seed)  # before the projector and the LoRA weights are drawn (Trainer seeds only once it starts)
-    model, processor = load_or_build(m, t)
-    if t.tune_mm_mlp_adapter and t.lora_enable:
-        raise ValueError("--tune_mm_mlp_adapter (stage 1) trains the projector only; drop --lora_enable.")
+def make_data(d: DataArguments, t: LlavaTrainingArguments, model, processor):
+    """The dataset (malformed records already dropped and counted) and its collator."""
     image_folder = d.image_folder or str(Path(d.data_path).parent)
     dataset = LlavaConversations(
         d.data_path,
@@ -199,18 +212,77 @@ def run_training(m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments)
         template=d.version,
         max_length=t.model_max_length,
         pad_square=d.image_aspect_ratio == "pad",
+        max_bad_fraction=d.max_bad_fraction,
     )
-    if t.lora_enable and not m.model_name_or_path and t.process_index == 0:
-        # an adapter names its base folder; a freshly built base must exist on disk for it
-        base = save_llava(model, processor, Path(t.output_dir) / "base")
+    side = model.config.vision_config.image_size
+    collator = ConversationCollator(
+        processor.tokenizer.pad_token_id,
+        image_token_id=processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        num_image_tokens=model.config.image_seq_length,
+        image_shape=(3, side, side),
+        dummy_image=t.world_size > 1,  # every rank must run the tower and projector each step
+    )
+    return dataset, collator
+
+
+def bad_sample_report(out: Path, skipped: SkippedRecords) -> dict:
+    """Pretraining's ``bad_samples`` summary (images, summed over the ranks' files) plus the records
+    dropped when the file was read; ``skipped_text_only`` counts stage 1's text-only records."""
+    report = collect_bad_samples(out)
+    for reason in RECORD_REASONS:
+        report["by_reason"][reason] = report["by_reason"].get(reason, 0) + skipped.counts[reason]
+        report["examples"].setdefault(reason, []).extend(skipped.examples.get(reason, []))
+    report["examples"] = {k: v[:5] for k, v in report["examples"].items() if v}
+    report["bad_samples"] += skipped.bad
+    total = report["good_samples"] + report["bad_samples"]
+    report["bad_fraction"] = report["bad_samples"] / total if total else 0.0
+    report["records"] = skipped.total
+    report["skipped_text_only"] = skipped.counts[TEXT_ONLY]
+    return report
+
+
+def check_bad_fraction(report: dict, max_bad_fraction: float, t: LlavaTrainingArguments, out: Path) -> None:
+    """Stop when the whole run's broken share (all ranks) is above the limit; rank 0 writes why first."""
+    if report["bad_fraction"] <= max_bad_fraction:
+        return
+    detail = ", ".join(f"{r}: {n}" for r, n in report["by_reason"].items() if n)
+    message = (
+        f"{report['bad_samples']} of {report['good_samples'] + report['bad_samples']} samples were broken ({detail}; "
+        f"e.g. {report['examples']}), above --max_bad_fraction {max_bad_fraction}; nothing was saved. Check "
+        "--data_path and --image_folder, or raise --max_bad_fraction if this data is known to be this noisy."
+    )
+    if t.process_index == 0:
+        (out / "report.json").write_text(json.dumps({"status": f"stopped: {message}", "bad_samples": report}, indent=2))
+    raise BadSampleLimitExceeded(message)
+
+
+def run_training(m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments) -> dict:
+    if t.deepspeed:
+        start_deepspeed()
+    set_seed(t.seed)  # before the projector and the LoRA weights are drawn (Trainer seeds only once it starts)
+    model, processor = load_or_build(m, t)
+    if t.tune_mm_mlp_adapter and t.lora_enable:
+        raise ValueError("--tune_mm_mlp_adapter (stage 1) trains the projector only; drop --lora_enable.")
+    dataset, collator = make_data(d, t, model, processor)
+    out = Path(t.output_dir)
+    with t.main_process_first(local=False, desc="clearing the last run's bad-sample counts"):
+        if t.process_index == 0:
+            shutil.rmtree(out / COUNTS_FOLDER, ignore_errors=True)
+    counter = BadSampleCounter(out, f"rank{t.process_index}", d.max_bad_fraction)
+    if t.lora_enable and m.model_name_or_path:  # an adapter names its base folder: absolute, so it loads from anywhere
+        model.config._name_or_path = str(Path(m.model_name_or_path).resolve())
+    elif t.lora_enable and t.process_index == 0:  # a freshly built base must exist on disk for it
+        base = save_llava(model, processor, out / "base")
         model.config._name_or_path = str(base.resolve())
     model = set_trainable(model, t)
     if t.gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings must still pass gradients to checkpointed blocks
-    trainer = LlavaTrainer(
-        model=model, args=t, train_dataset=dataset, data_collator=ConversationCollator(processor.tokenizer.pad_token_id)
-    )
+    trainer = LlavaTrainer(model=model, args=t, train_dataset=dataset, data_collator=collator, bad_samples=counter)
     result = trainer.train(resume_from_checkpoint=t.resume_from_checkpoint)
+    counter.flush()
+    trainer.accelerator.wait_for_everyone()  # every rank's counts are on disk before they are summed
+    bad_samples = bad_sample_report(out, dataset.skipped)
+    check_bad_fraction(bad_samples, d.max_bad_fraction, t, out)  # the same decision on every rank
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     metrics = {
         "train_loss": result.training_loss,
@@ -221,8 +293,9 @@ def run_training(m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments)
     with whole_weights(trainer.model):
         if trainer.is_world_process_zero():
             out = save_outputs(trainer.model, processor, t)
+            metrics["bad_samples"] = bad_samples
             history = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-            (out / "train_report.json").write_text(json.dumps({**metrics, "loss_history": history}, indent=2))
+            (out / "report.json").write_text(json.dumps({**metrics, "loss_history": history}, indent=2))
     return metrics
 
 
