@@ -2,6 +2,7 @@
 
     python -m bench run [--shape cpu] [--variants ...] [--ablate] [--paper-flops]
     python -m bench flops [--shapes L/14 So400M/14]     counted FLOPs at the paper's sizes (meta device)
+    python -m bench memory [--shapes L/14 So400M/14 cpu] [--out-dir DIR]   accounted activation bytes (bench/memory.py)
     python -m bench worker ...                          one measurement (used by ``run``)
 
 ``bench`` lives beside the package, not in it: run these from a checkout's root.
@@ -93,8 +94,14 @@ def cmd_flops(argv: list[str]) -> None:
             print(f"{shape}\t{v}\t{n / 1e12:.4f} TFLOP per sample per step")
 
 
+def cmd_memory(argv: list[str]) -> None:
+    from .memory import main as memory_main
+
+    memory_main(argv)
+
+
 def main(argv: list[str]) -> int:
-    commands = {"run": cmd_run, "flops": cmd_flops}
+    commands = {"run": cmd_run, "flops": cmd_flops, "memory": cmd_memory}
     if argv and argv[0] == "worker":
         from .worker import main as worker_main
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ov2_plugin import Ov2Config, Ov2ForCaptioning
+from ov2_plugin.activation_checkpointing import MODES, set_checkpointing
 from ov2_plugin.configuration import DECODER_PRESETS, VISION_PRESETS
 
 from .ov1_style import Ov1StyleModel
@@ -179,12 +180,35 @@ def build_coca(shape: Shape) -> Variant:
     return Variant("coca", model, loss)
 
 
-def build_variant(name: str, shape: Shape) -> Variant:
-    """Build one variant by name (see ``VARIANTS``)."""
+def checkpoint_coca(model: nn.Module, mode: str, every: int = 1) -> None:
+    """open_clip's own ``set_grad_checkpointing``, per tower: the image tower for ``encoder``, its text
+    tower and multimodal decoder for ``decoder``, all three for ``all``. open_clip recomputes every
+    block of a tower it checkpoints (no every-k-th choice)."""
+    if every != 1:
+        raise ValueError("open_clip's CoCa checkpoints every block of a tower; use checkpoint_every 1 for coca.")
+    model.visual.set_grad_checkpointing(mode in ("encoder", "all"))
+    model.text.set_grad_checkpointing(mode in ("decoder", "all"))
+    model.text_decoder.set_grad_checkpointing(mode in ("decoder", "all"))
+
+
+def build_variant(name: str, shape: Shape, checkpointing: str = "none", every: int = 1) -> Variant:
+    """Build one variant by name (see ``VARIANTS``) with activation checkpointing ``checkpointing``.
+
+    ``checkpointing`` is one of ``ov2_plugin.activation_checkpointing.MODES`` (``none``, ``encoder``:
+    the ViT's blocks, ``decoder``: the caption decoder's and text tower's, ``all``), every ``every``-th
+    block of each stack; the OV1-style baseline's text tower counts as decoder side.
+    """
+    if checkpointing not in MODES:
+        raise ValueError(f"unknown checkpointing {checkpointing!r}; choose one of {', '.join(MODES)}")
     if name.startswith("ov2-k"):
-        return build_ov2(shape, float(name.removeprefix("ov2-k")))
-    if name in ("ov1-1cap", "ov1-2cap"):
-        return build_ov1(shape, int(name[4]))
-    if name == "coca":
-        return build_coca(shape)
-    raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)} (or ov2-k<keep ratio>)")
+        variant = build_ov2(shape, float(name.removeprefix("ov2-k")))
+    elif name in ("ov1-1cap", "ov1-2cap"):
+        variant = build_ov1(shape, int(name[4]))
+    elif name == "coca":
+        variant = build_coca(shape)
+        checkpoint_coca(variant.model, checkpointing, every)
+        return variant
+    else:
+        raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)} (or ov2-k<keep ratio>)")
+    set_checkpointing(variant.model, checkpointing, every)
+    return variant

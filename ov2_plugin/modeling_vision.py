@@ -21,6 +21,7 @@ from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from .activation_checkpointing import set_checkpointing
 from .configuration import Ov2Config, Ov2DecoderConfig, Ov2VisionConfig
 
 
@@ -97,6 +98,15 @@ class Ov2PreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _supports_sdpa = True
     _no_split_modules = ["Ov2Block"]
+    # Which blocks ``activation_checkpointing_enable()`` (the Trainer's ``--gradient_checkpointing``)
+    # recomputes: "all" (every block, transformers' meaning), "encoder" (the ViT) or "decoder".
+    checkpointing_scope: str = "all"
+
+    def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None,
+                                    every_n_layers: int = 1) -> None:
+        """transformers' hook; the choice of blocks is ``activation_checkpointing.set_checkpointing``'s."""
+        set_checkpointing(self, self.checkpointing_scope if enable else "none", every_n_layers,
+                          gradient_checkpointing_func)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

@@ -25,6 +25,7 @@ from accelerate.state import AcceleratorState
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
+from .activation_checkpointing import MODES as CHECKPOINTING_MODES
 from .checkpointing import NonFiniteLossError, Ov2Trainer, newest_complete_checkpoint
 from .configuration import Ov2Config
 from .data.bad_samples import COUNTS_FOLDER, collect_bad_samples
@@ -128,6 +129,30 @@ class PretrainArguments(TrainingArguments):
     dataloader_num_workers: int = 1
     unmasked_tuning: float = field(default=0.0, metadata={
         "help": "Share of the final steps in which the decoder sees every visual token (FLIP's unmasked tuning; 0: off)."})
+    checkpointing: str | None = field(default=None, metadata={
+        "help": "Activation checkpointing: none, encoder (the ViT's blocks, as big_vision's remat), decoder, or all "
+                "(every block; what --gradient_checkpointing true means without this flag)."})
+    checkpoint_every: int = field(default=1, metadata={
+        "help": "With checkpointing: recompute only every k-th block of each stack (1: every block)."})
+
+
+def checkpointing_arguments(model: Ov2ForCaptioning, args: PretrainArguments) -> str:
+    """Map ``--checkpointing``/``--checkpoint_every`` onto the Trainer's own activation checkpointing.
+
+    The Trainer calls ``model.activation_checkpointing_enable``, which checkpoints the blocks of
+    ``model.checkpointing_scope``. Returns the mode in effect.
+    """
+    mode = args.checkpointing or ("all" if args.activation_checkpointing else "none")
+    if mode not in CHECKPOINTING_MODES:
+        raise ValueError(f"--checkpointing {mode!r} is unknown; use one of {', '.join(CHECKPOINTING_MODES)}.")
+    if mode == "none" and args.activation_checkpointing:
+        raise ValueError("--checkpointing none contradicts --gradient_checkpointing true; drop one of them.")
+    model.checkpointing_scope = "all" if mode == "none" else mode
+    args.activation_checkpointing = args.gradient_checkpointing = mode != "none"
+    if args.checkpoint_every != 1:
+        args.activation_checkpointing_kwargs = {**(args.activation_checkpointing_kwargs or {}),
+                                                "every_n_layers": args.checkpoint_every}
+    return mode
 
 
 def build_model(args: ModelArguments) -> Ov2ForCaptioning:
@@ -260,6 +285,15 @@ class UnmaskedTuning(TrainerCallback):
         self.model.config.keep_ratio = self.keep_ratio
 
 
+def peak_memory_bytes(device: torch.device) -> int:
+    """This process's peak so far: allocated GPU memory, or the peak RSS on a CPU (bench/README.md sets it beside the bench)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
 def attention_kernels(device: torch.device):
     """The math attention kernel on a CPU, the default choice elsewhere.
 
@@ -290,6 +324,7 @@ def train_stage(model: Ov2ForCaptioning, stage: Stage, data_args: DataArguments,
         for f in (run_dir / COUNTS_FOLDER).glob(f"*-rank{args.process_index}-*.json"):
             f.unlink()
     model.config.vision_config.image_size = stage.image_size
+    checkpointing = checkpointing_arguments(model, args)
     start = weights_fingerprint(model)
     trainer = Ov2Trainer(
         model=model,
@@ -308,6 +343,9 @@ def train_stage(model: Ov2ForCaptioning, stage: Stage, data_args: DataArguments,
         "name": stage.name, "image_size": stage.image_size, "steps": trainer.state.global_step,
         "resumed_from": resume, "start_weights": start, "train_loss": result.training_loss,
         "train_runtime_s": result.metrics.get("train_runtime"),
+        "checkpointing": {"mode": checkpointing, "blocks": sum(
+            bool(getattr(m, "gradient_checkpointing", False)) for m in model.modules())},
+        "peak_memory_bytes": peak_memory_bytes(args.device),
         "loss_history": [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h],
     }
     return trainer, record
@@ -364,7 +402,8 @@ def finish(trainer: Trainer | None, records: list[dict], data_args: DataArgument
            tokenizer, out: Path, single: bool) -> dict:
     """Rank 0 saves the final model folder, evaluates on held-out scenes and writes the report."""
     last = records[-1]
-    metrics = {"train_loss": last["train_loss"], "train_runtime_s": last.get("train_runtime_s"), "status": "finished"}
+    metrics = {"train_loss": last["train_loss"], "train_runtime_s": last.get("train_runtime_s"), "status": "finished",
+               "checkpointing": last.get("checkpointing"), "peak_memory_bytes": last.get("peak_memory_bytes")}
     if train_args.process_index != 0:
         return metrics
     if trainer is not None and single and not train_args.deepspeed:
