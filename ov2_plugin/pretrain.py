@@ -51,6 +51,10 @@ class ModelArguments:
     config_overrides: str | None = field(default=None, metadata={
         "help": "Preset fields to change, as in transformers' run_clm: 'hidden_size=128,num_hidden_layers=4,"
                 "decoder_hidden_size=128' (decoder fields take the 'decoder_' prefix)."})
+    objective: str = field(default="caption", metadata={
+        "help": "caption (OpenVision 2), or a baseline on the same ViT, data and trainer: openvision (OpenVision 1: "
+                "text encoder + contrastive + captioning on all tokens), clip (contrastive only, sigmoid loss), "
+                "coca (open_clip's CoCa). Baselines save their encoder as the output folder's Ov2VisionModel."})
 
 
 def parse_config_overrides(text: str | None) -> dict[str, int | float | str]:
@@ -136,6 +140,10 @@ def build_model(args: ModelArguments) -> Ov2ForCaptioning:
     The position embedding is a sin-cos table computed for the input's grid, so a model
     trained at one resolution runs at another with no weight change.
     """
+    if args.init_from and args.objective != "caption":
+        from .baselines import build_objective_model
+
+        return build_objective_model(args.objective, None, init_from=args.init_from)
     if args.init_from:
         model = Ov2ForCaptioning.from_pretrained(args.init_from)
         if args.image_size:
@@ -144,7 +152,12 @@ def build_model(args: ModelArguments) -> Ov2ForCaptioning:
     overrides = parse_config_overrides(args.config_overrides)
     if args.image_size:
         overrides["image_size"] = args.image_size
-    return Ov2ForCaptioning(Ov2Config.from_preset(args.preset, keep_ratio=args.keep_ratio, **overrides))
+    config = Ov2Config.from_preset(args.preset, keep_ratio=args.keep_ratio, **overrides)
+    if args.objective != "caption":  # baselines live outside the OpenVision 2 model files
+        from .baselines import build_objective_model
+
+        return build_objective_model(args.objective, config)
+    return Ov2ForCaptioning(config)
 
 
 def build_transform(args: DataArguments, image_size: int):
@@ -371,12 +384,17 @@ def finish(trainer: Trainer | None, records: list[dict], data_args: DataArgument
         model = trainer.model  # already saved to ``out`` by train_stage
     else:  # the last stage's saved weights (whole, even under ZeRO-3)
         with loading_in_one_process(train_args):
-            model = Ov2ForCaptioning.from_pretrained(str(out if single else out / f"stage{len(records)}-{last['name']}"))
+            model = (type(trainer.model) if trainer is not None else Ov2ForCaptioning).from_pretrained(str(out if single else out / f"stage{len(records)}-{last['name']}"))
         if not single:
             model.save_pretrained(out)
+    if getattr(model.config, "objective", "caption") != "caption":  # a baseline: out holds its encoder
+        from .baselines import save_objective_outputs
+
+        save_objective_outputs(model, out)
+        metrics["objective"] = model.config.objective
     tokenizer.save_pretrained(out)
     make_image_processor(model.config.vision_config).save_pretrained(out)
-    if data_args.data == "scenes" and data_args.eval_samples:
+    if data_args.data == "scenes" and data_args.eval_samples and isinstance(model, Ov2ForCaptioning):
         from .evaluation.captioning import evaluate_captions
 
         metrics |= evaluate_captions(model, tokenizer, data_args.eval_samples, seed=data_args.eval_seed)
