@@ -83,6 +83,9 @@ class DataArguments:
                 "optimiser and resolution stages. Its values replace the flags' defaults."})
     train_samples: int = field(default=20000, metadata={"help": "Scenes per epoch (built-in data)."})
     scene_seed: int = field(default=0, metadata={"help": "Seed of the training scene stream."})
+    scene_kind: str = field(default="shapes", metadata={
+        "help": "Built-in data: shapes (the original scenes), reading (1-3 words from ~8,400 training words, "
+                "data/reading.py) or mixed (half each)."})
     eval_samples: int = field(default=256, metadata={"help": "Held-out scenes for the final report (0: none)."})
     eval_seed: int = field(default=1, metadata={"help": "Seed of the held-out scene stream."})
     train_shards: str | None = field(default=None, metadata={
@@ -176,7 +179,7 @@ def build_dataset(args: DataArguments, image_size: int, train_args: TrainingArgu
     """The training data at ``image_size``; streamed sources are split by rank (from ``train_args``)."""
     transform = build_transform(args, image_size)
     if args.data == "scenes":
-        return SceneCaptions(args.train_samples, image_size, transform, seed=args.scene_seed)
+        return SceneCaptions(args.train_samples, image_size, transform, seed=args.scene_seed, kind=args.scene_kind)
     if args.data not in DATA_SOURCES:
         raise ValueError(f"Unknown data source {args.data!r}; use one of {', '.join(DATA_SOURCES)}.")
     common = dict(
