@@ -52,6 +52,10 @@ class ModelArguments:
     config_overrides: str | None = field(default=None, metadata={
         "help": "Preset fields to change, as in transformers' run_clm: 'hidden_size=128,num_hidden_layers=4,"
                 "decoder_hidden_size=128' (decoder fields take the 'decoder_' prefix)."})
+    objective: str = field(default="caption", metadata={
+        "help": "caption (OpenVision 2), or a baseline on the same ViT, data and trainer: openvision (OpenVision 1: "
+                "text encoder + contrastive + captioning on all tokens), clip (contrastive only, sigmoid loss), "
+                "coca (open_clip's CoCa). Baselines save their encoder as the output folder's Ov2VisionModel."})
 
 
 def parse_config_overrides(text: str | None) -> dict[str, int | float | str]:
@@ -80,6 +84,9 @@ class DataArguments:
                 "optimiser and resolution stages. Its values replace the flags' defaults."})
     train_samples: int = field(default=20000, metadata={"help": "Scenes per epoch (built-in data)."})
     scene_seed: int = field(default=0, metadata={"help": "Seed of the training scene stream."})
+    scene_kind: str = field(default="shapes", metadata={
+        "help": "Built-in data: shapes (the original scenes), reading (1-3 words from ~8,400 training words, "
+                "data/reading.py) or mixed (half each)."})
     eval_samples: int = field(default=256, metadata={"help": "Held-out scenes for the final report (0: none)."})
     eval_seed: int = field(default=1, metadata={"help": "Seed of the held-out scene stream."})
     train_shards: str | None = field(default=None, metadata={
@@ -161,6 +168,10 @@ def build_model(args: ModelArguments) -> Ov2ForCaptioning:
     The position embedding is a sin-cos table computed for the input's grid, so a model
     trained at one resolution runs at another with no weight change.
     """
+    if args.init_from and args.objective != "caption":
+        from .baselines import build_objective_model
+
+        return build_objective_model(args.objective, None, init_from=args.init_from)
     if args.init_from:
         model = Ov2ForCaptioning.from_pretrained(args.init_from)
         if args.image_size:
@@ -169,7 +180,12 @@ def build_model(args: ModelArguments) -> Ov2ForCaptioning:
     overrides = parse_config_overrides(args.config_overrides)
     if args.image_size:
         overrides["image_size"] = args.image_size
-    return Ov2ForCaptioning(Ov2Config.from_preset(args.preset, keep_ratio=args.keep_ratio, **overrides))
+    config = Ov2Config.from_preset(args.preset, keep_ratio=args.keep_ratio, **overrides)
+    if args.objective != "caption":  # baselines live outside the OpenVision 2 model files
+        from .baselines import build_objective_model
+
+        return build_objective_model(args.objective, config)
+    return Ov2ForCaptioning(config)
 
 
 def build_transform(args: DataArguments, image_size: int):
@@ -188,7 +204,7 @@ def build_dataset(args: DataArguments, image_size: int, train_args: TrainingArgu
     """The training data at ``image_size``; streamed sources are split by rank (from ``train_args``)."""
     transform = build_transform(args, image_size)
     if args.data == "scenes":
-        return SceneCaptions(args.train_samples, image_size, transform, seed=args.scene_seed)
+        return SceneCaptions(args.train_samples, image_size, transform, seed=args.scene_seed, kind=args.scene_kind)
     if args.data not in DATA_SOURCES:
         raise ValueError(f"Unknown data source {args.data!r}; use one of {', '.join(DATA_SOURCES)}.")
     common = dict(
@@ -410,12 +426,17 @@ def finish(trainer: Trainer | None, records: list[dict], data_args: DataArgument
         model = trainer.model  # already saved to ``out`` by train_stage
     else:  # the last stage's saved weights (whole, even under ZeRO-3)
         with loading_in_one_process(train_args):
-            model = Ov2ForCaptioning.from_pretrained(str(out if single else out / f"stage{len(records)}-{last['name']}"))
+            model = (type(trainer.model) if trainer is not None else Ov2ForCaptioning).from_pretrained(str(out if single else out / f"stage{len(records)}-{last['name']}"))
         if not single:
             model.save_pretrained(out)
+    if getattr(model.config, "objective", "caption") != "caption":  # a baseline: out holds its encoder
+        from .baselines import save_objective_outputs
+
+        save_objective_outputs(model, out)
+        metrics["objective"] = model.config.objective
     tokenizer.save_pretrained(out)
     make_image_processor(model.config.vision_config).save_pretrained(out)
-    if data_args.data == "scenes" and data_args.eval_samples:
+    if data_args.data == "scenes" and data_args.eval_samples and isinstance(model, Ov2ForCaptioning):
         from .evaluation.captioning import evaluate_captions
 
         metrics |= evaluate_captions(model, tokenizer, data_args.eval_samples, seed=data_args.eval_seed)

@@ -9,23 +9,28 @@ import torch
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerFast
 
-from .scenes import make_scene
+from .reading import scene_of
 
 
 class SceneCaptions(Dataset):
     """``num_samples`` built-in scenes of stream ``seed``, rendered at ``image_size``.
 
-    Held-out sets use another seed, so they share no scene with training.
+    Held-out sets use another seed, so they share no scene with training. ``kind``: ``shapes``
+    (the original scenes), ``reading`` (words from a large vocabulary, ``data/reading.py``) or
+    ``mixed`` (half each); reading scenes draw their words from ``split`` (training: 'train').
     """
 
-    def __init__(self, num_samples: int, image_size: int, transform: Callable, seed: int = 0) -> None:
+    def __init__(self, num_samples: int, image_size: int, transform: Callable, seed: int = 0,
+                 kind: str = "shapes", split: str = "train") -> None:
         self.num_samples, self.image_size, self.transform, self.seed = num_samples, image_size, transform, seed
+        self.kind, self.split = kind, split
+        scene_of(kind, seed, 0, split)  # an unknown kind or split stops here, not in a loader worker
 
     def __len__(self) -> int:
         return self.num_samples
 
     def __getitem__(self, index: int) -> dict:
-        scene = make_scene(self.seed, index)
+        scene = scene_of(self.kind, self.seed, index, self.split)
         return {"pixel_values": self.transform(scene.render(self.image_size)), "caption": scene.caption}
 
 

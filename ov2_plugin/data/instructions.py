@@ -13,9 +13,14 @@ import random
 from collections.abc import Iterator
 from pathlib import Path
 
-from .scenes import COLOURS, COUNT_WORDS, SHAPES, WORDS, Scene, make_scene
+from .reading import LETTERS as LOWER_LETTERS
+from .reading import ReadingScene, scene_of
+from .scenes import COLOURS, COUNT_WORDS, SHAPES, WORDS, Scene
 
 QUESTION_TYPES = ("word", "count", "colour", "position", "presence", "choice")
+# Reading scenes (data/reading.py): the first letter of the first word, so that a word-level
+# language model can answer words it has never seen (held-out words are not in its vocabulary).
+READING_QUESTION_TYPES = ("letter",)
 LETTERS = ("A", "B", "C")  # upper case, as every MCQ benchmark and its answer parser expects
 
 
@@ -23,8 +28,11 @@ def _plural(shape: str) -> str:
     return shape + "s"
 
 
-def scene_questions(scene: Scene, rng: random.Random) -> list[tuple[str, str, str]]:
+def scene_questions(scene: Scene | ReadingScene, rng: random.Random) -> list[tuple[str, str, str]]:
     """(type, question, answer) for every type that applies to ``scene``."""
+    if isinstance(scene, ReadingScene):
+        which = "the word" if len(scene.words) == 1 else "the first word"
+        return [("letter", f"what letter does {which} start with?", scene.words[0][0])]
     out = []
     if scene.word:
         out.append(("word", "what word is written?", scene.word))
@@ -65,15 +73,25 @@ def _choice(scene: Scene, rng: random.Random) -> tuple[str, str, str]:
     return "choice", question, LETTERS[options.index(correct)]
 
 
-def instruction_records(seed: int, num_scenes: int, start: int = 0) -> Iterator[dict]:
-    """LLaVA conversation records (one question per record); ``image`` is ``scenes/<seed>_<i>.png``."""
+def _scene_fields(scenes: str, split: str) -> dict:
+    """Where a record's picture comes from, on records of reading / mixed data (shapes records stay as they were)."""
+    return {} if scenes == "shapes" else {"scene_kind": scenes, "split": split}
+
+
+def instruction_records(seed: int, num_scenes: int, start: int = 0, scenes: str = "shapes",
+                        split: str = "train") -> Iterator[dict]:
+    """LLaVA conversation records (one question per record); ``image`` is ``scenes/<seed>_<i>.png``.
+
+    ``scenes``: shapes, reading or mixed (``data/reading.py``); ``split``: the reading words' split.
+    """
     for index in range(start, start + num_scenes):
         rng = random.Random(f"ov2-instructions/{seed}/{index}")
-        for qtype, question, answer in scene_questions(make_scene(seed, index), rng):
+        for qtype, question, answer in scene_questions(scene_of(scenes, seed, index, split), rng):
             yield {
                 "id": f"{seed}-{index}-{qtype}",
-                "image": image_name(seed, index),
+                "image": image_name(seed, index, scenes, split),
                 "question_type": qtype,
+                **_scene_fields(scenes, split),
                 "conversations": [
                     {"from": "human", "value": f"<image>\n{question}"},
                     {"from": "gpt", "value": answer},
@@ -81,37 +99,44 @@ def instruction_records(seed: int, num_scenes: int, start: int = 0) -> Iterator[
             }
 
 
-def caption_records(seed: int, num_scenes: int, start: int = 0) -> Iterator[dict]:
+def caption_records(seed: int, num_scenes: int, start: int = 0, scenes: str = "shapes",
+                    split: str = "train") -> Iterator[dict]:
     """Image-caption pairs for projector alignment (stage 1), as LLaVA's pretraining JSON."""
     for index in range(start, start + num_scenes):
         yield {
             "id": f"{seed}-{index}-caption",
-            "image": image_name(seed, index),
+            "image": image_name(seed, index, scenes, split),
+            **_scene_fields(scenes, split),
             "conversations": [
                 {"from": "human", "value": "<image>\n"},
-                {"from": "gpt", "value": make_scene(seed, index).caption},
+                {"from": "gpt", "value": scene_of(scenes, seed, index, split).caption},
             ],
         }
 
 
-def image_name(seed: int, index: int) -> str:
-    return f"scenes/{seed}_{index}.png"
+def image_name(seed: int, index: int, scenes: str = "shapes", split: str = "train") -> str:
+    if scenes == "shapes":
+        return f"scenes/{seed}_{index}.png"
+    return f"scenes/{scenes}-{split}_{seed}_{index}.png"
 
 
-def write_dataset(out_dir: str | Path, kind: str, seed: int, num_scenes: int, image_size: int = 64) -> Path:
+def write_dataset(out_dir: str | Path, kind: str, seed: int, num_scenes: int, image_size: int = 64,
+                  scenes: str = "shapes", split: str = "train") -> Path:
     """Write ``<kind>_<seed>.json`` and the scene images under ``out_dir``; return the JSON path.
 
     ``kind`` is ``instructions`` or ``captions``. Images are rendered once at ``image_size``.
+    ``scenes``/``split`` choose the pictures (shapes by default; reading or mixed, ``data/reading.py``).
     """
     if kind not in ("instructions", "captions"):
         raise ValueError(f"Unknown built-in data kind {kind!r}; use 'instructions' or 'captions'.")
     out = Path(out_dir)
     (out / "scenes").mkdir(parents=True, exist_ok=True)
-    records = list((instruction_records if kind == "instructions" else caption_records)(seed, num_scenes))
+    make = instruction_records if kind == "instructions" else caption_records
+    records = list(make(seed, num_scenes, scenes=scenes, split=split))
     for index in range(num_scenes):
-        path = out / image_name(seed, index)
+        path = out / image_name(seed, index, scenes, split)
         if not path.is_file():
-            make_scene(seed, index).render(image_size).save(path)
+            scene_of(scenes, seed, index, split).render(image_size).save(path)
     json_path = out / f"{kind}_{seed}.json"
     json_path.write_text(json.dumps(records))
     return json_path
@@ -125,3 +150,8 @@ def vocabulary() -> list[str]:
     )
     words |= set("colour which shape image answer with letter user assistant".split())
     return sorted(words)
+
+
+def reading_vocabulary() -> list[str]:
+    """``vocabulary()`` plus what the reading questions and answers use (letters a-z)."""
+    return sorted({*vocabulary(), *LOWER_LETTERS, *"what letter does the first word start with".split()})

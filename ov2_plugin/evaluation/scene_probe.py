@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from ..data.reading import LETTERS, ReadingScene, scene_of
 from ..data.scenes import COLOURS, COLUMN_NAMES, SHAPES, WORDS, Scene, make_scene
 
 COLOUR_NAMES = tuple(COLOURS)
@@ -48,13 +49,17 @@ def attribute_of(name: str) -> str:
 
 
 def num_classes(name: str) -> int:
-    sizes = {"word": len(WORDS) + 1, "presence": 2, "count": 4, "colour": len(COLOUR_NAMES) + 1, "position": 4}
+    sizes = {"word": len(WORDS) + 1, "presence": 2, "count": 4, "colour": len(COLOUR_NAMES) + 1, "position": 4,
+             "letter": len(LETTERS)}
     return sizes[attribute_of(name)]
 
 
 @torch.no_grad()
-def tower_features(path: str | Path, seed: int, num_scenes: int, layer: int = -2, batch: int = 100) -> torch.Tensor:
-    """(scenes, patches, width) hidden state ``layer`` of the tower at ``path``, CLS dropped (LLaVA's 'patch')."""
+def tower_features(path: str | Path, seed: int, num_scenes: int, layer: int = -2, batch: int = 100,
+                   scenes: str = "shapes", split: str = "train") -> torch.Tensor:
+    """(scenes, patches, width) hidden state ``layer`` of the tower at ``path``, CLS dropped (LLaVA's 'patch').
+
+    ``scenes``/``split``: which built-in pictures (``data/reading.py``: shapes, reading, mixed)."""
     from transformers import AutoImageProcessor
 
     from ..loading import load_vision_model
@@ -64,7 +69,7 @@ def tower_features(path: str | Path, seed: int, num_scenes: int, layer: int = -2
     size = model.config.image_size
     out = []
     for start in range(0, num_scenes, batch):
-        images = [make_scene(seed, i).render(size) for i in range(start, min(num_scenes, start + batch))]
+        images = [scene_of(scenes, seed, i, split).render(size) for i in range(start, min(num_scenes, start + batch))]
         pixels = processor(images, return_tensors="pt")["pixel_values"]
         out.append(model(pixels, output_hidden_states=layer).hidden_states[layer][:, 1:])
     return torch.cat(out)
@@ -154,6 +159,55 @@ def _majority_accuracy(truth: torch.Tensor, name: str) -> float:
     return torch.bincount(asked).max().item() / len(asked) if len(asked) else float("nan")
 
 
+READING_LETTERS = 3  # letters probed: the first three of the first word (every reading word has 3 or more)
+
+
+def reading_targets(scene: ReadingScene) -> dict[str, int]:
+    """Letter ``i`` of the first word, as an index into a-z, for i < READING_LETTERS.
+
+    Why letters and not the word: a linear probe can only name classes it was fitted on, and the
+    held-out words are never in its training scenes; letters are shared by seen and unseen words.
+    """
+    return {f"letter/{i + 1}": LETTERS.index(scene.words[0][i]) for i in range(READING_LETTERS)}
+
+
+def probe_reading(towers: dict[str, str | Path], train_scenes: int = 2000, test_scenes: int = 500,
+                  layer: int = -2) -> dict:
+    """Letter probes fitted on reading scenes of training words, scored on new scenes of training
+    words (``reading_seen``) and of held-out words never drawn in training (``reading_unseen``)."""
+    sets = {"train": (0, "train", train_scenes), "reading_seen": (1, "train", test_scenes),
+            "reading_unseen": (1, "held_out", test_scenes)}
+    targets = {}
+    for name, (seed, split, n) in sets.items():
+        rows = [reading_targets(scene_of("reading", seed, i, split)) for i in range(n)]
+        targets[name] = {k: torch.tensor([r[k] for r in rows]) for k in rows[0]}
+    mean = lambda d: sum(d.values()) / len(d)  # noqa: E731 - the three letters weigh the same
+    results = {}
+    for tower, path in towers.items():
+        feats = {name: tower_features(path, seed, n, layer, scenes="reading", split=split)
+                 for name, (seed, split, n) in sets.items()}
+        results[tower] = {}
+        for view in ("patch", "pooled"):
+            pick = (lambda f: f.flatten(1)) if view == "patch" else (lambda f: f.mean(1))
+            results[tower][view] = {name: mean(ridge_probe(pick(feats["train"]), targets["train"], pick(feats[name]),
+                                                           targets[name])) for name in ("reading_seen", "reading_unseen")}
+    majority = {name: mean({k: _majority_accuracy(t, k) for k, t in targets[name].items()})
+                for name in ("reading_seen", "reading_unseen")}
+    return {"majority": majority, "towers": results, "settings": {"train_scenes": train_scenes,
+            "test_scenes": test_scenes, "layer": layer, "letters": READING_LETTERS}}
+
+
+def markdown_reading(results: dict) -> str:
+    names = list(results["towers"])
+    head = " | ".join(f"{n} ({v})" for n in names for v in ("patch", "pooled"))
+    rows = [f"| reading (first {READING_LETTERS} letters) | majority answer | {head} |",
+            "|---|---|" + "---|" * (2 * len(names))]
+    for a in ("reading_seen", "reading_unseen"):
+        cells = " | ".join(f"{results['towers'][n][v][a]:.3f}" for n in names for v in ("patch", "pooled"))
+        rows.append(f"| {a} | {results['majority'][a]:.3f} | {cells} |")
+    return "\n".join(rows) + "\n"
+
+
 def markdown(results: dict) -> str:
     names = list(results["towers"])
     head = " | ".join(f"{n} ({v})" for n in names for v in ("patch", "pooled"))
@@ -171,14 +225,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train_scenes", type=int, default=2000)
     p.add_argument("--test_scenes", type=int, default=500)
     p.add_argument("--layer", type=int, default=-2, help="Hidden state to probe (LLaVA's mm_vision_select_layer).")
+    p.add_argument("--task", choices=["shapes", "reading"], default="shapes",
+                   help="shapes: the attributes above; reading: letters of words from a large vocabulary, "
+                        "seen and held-out words (data/reading.py).")
     args = p.parse_args(argv)
-    results = probe_towers({t: t for t in args.towers}, args.train_scenes, args.test_scenes, args.layer)
-    print(markdown(results))
+    probe, table = (probe_towers, markdown) if args.task == "shapes" else (probe_reading, markdown_reading)
+    results = probe({t: t for t in args.towers}, args.train_scenes, args.test_scenes, args.layer)
+    print(table(results))
     if args.output_dir:
         out = Path(args.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "probe.json").write_text(json.dumps(results, indent=2))
-        (out / "probe.md").write_text(markdown(results))
+        stem = "probe" if args.task == "shapes" else "probe_reading"
+        (out / f"{stem}.json").write_text(json.dumps(results, indent=2))
+        (out / f"{stem}.md").write_text(table(results))
     return results
 
 
