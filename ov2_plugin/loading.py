@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from .configuration import Ov2Config, Ov2VisionConfig
 from .modeling_captioner import Ov2ForCaptioning
@@ -83,11 +83,10 @@ def load_vision_model(path: str | Path, **kwargs) -> Ov2VisionModel:
 
 
 def load_image(path: str | Path) -> Image.Image:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Image {str(path)!r} does not exist; check the path.")
+    """The image at ``path`` as upright 8-bit RGB (``image_decoding.decode_image``), or a one-line error."""
+    from .image_decoding import ImageDecodeError, decode_image
+
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"Image {str(path)!r} cannot be read ({err.__class__.__name__}); it is corrupt or not an image.") from err
+        return decode_image(Path(path))
+    except ImageDecodeError as err:
+        raise ValueError(f"Image {str(path)!r} cannot be read ({err}); it is corrupt or not an image.") from err

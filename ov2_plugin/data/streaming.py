@@ -7,7 +7,6 @@ exactly-once split, the deterministic order and the bad-sample accounting are wr
 
 from __future__ import annotations
 
-import io
 import random
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import IterableDataset
 
+from ..image_decoding import ImageDecodeError, decode_image
 from .bad_samples import CORRUPT_IMAGE, MISSING_CAPTION, UNREADABLE_FILE, BadSampleCounter
 from .sharding import epoch_permutation, split_for, worker_id_and_count
 
@@ -32,7 +32,7 @@ class RawSample:
 
 
 def open_rgb(sample: RawSample) -> Image.Image | str:
-    """The decoded RGB image, or the bad-sample reason when it cannot be had."""
+    """The decoded RGB image (``image_decoding.decode_image``), or the bad-sample reason when it cannot be had."""
     data = sample.data
     if data is None:
         try:
@@ -40,10 +40,8 @@ def open_rgb(sample: RawSample) -> Image.Image | str:
         except OSError:
             return UNREADABLE_FILE
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            img.load()  # decode now: a truncated file fails here rather than in the transform
-            return img.convert("RGB")
-    except Exception:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError...)
+        return decode_image(data)
+    except ImageDecodeError:
         return CORRUPT_IMAGE
 
 
