@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | BinaryIO | Image.Image
 
@@ -51,10 +51,25 @@ def decode_image(source: ImageSource) -> Image.Image:
         source = io.BytesIO(source)
     try:
         with Image.open(source) as img:
-            img.load()  # decode now: a truncated file fails here, not later in a transform
+            _load_whole(img)
             return _to_rgb(img)
     except Exception as err:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError, ...)
         raise ImageDecodeError(f"not a decodable image ({err.__class__.__name__}: {err})") from err
+
+
+def _load_whole(img: Image.Image) -> None:
+    """Decode now, so a truncated file fails here and not later in a transform.
+
+    PIL's process-wide ``ImageFile.LOAD_TRUNCATED_IMAGES`` would fill a truncated file's missing
+    rows with grey instead of failing, and importing lmms-eval switches it on; we refuse truncated
+    files whatever the flag says, so a cut download is counted as broken, not trained on.
+    """
+    saved = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        img.load()
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
 def decode_image_bytes(data: bytes) -> Image.Image:

@@ -121,3 +121,15 @@ def test_pretrain_saves_an_encoder_probe_and_llava_build_accept(objective, tmp_p
     assert set(probe["towers"][str(out)]["patch"]) >= {"word", "count", "colour"}
     build_main(["--vision_tower", str(out), "--language_model", str(parts / "lm"), "--output_dir", str(tmp_path / "llava")])
     assert (tmp_path / "llava" / "config.json").is_file()
+
+
+def test_coca_has_no_uninitialised_weights_under_full_determinism():
+    """open_clip's CoCa leaves its decoder's text_projection as torch.empty; under deterministic
+    algorithms new memory is NaN, so an uninitialised tensor would show here."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        model = _small("coca")
+    finally:
+        torch.use_deterministic_algorithms(False)
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    assert bad == []

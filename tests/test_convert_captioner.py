@@ -30,7 +30,6 @@ from transformers import (
 
 from ov2_plugin import Ov2ForCaptioning, Ov2VisionModel
 from ov2_plugin.convert import convert_release, export_release
-from ov2_plugin.data.scenes import make_scene
 from ov2_plugin.tokenization import build_caption_tokenizer
 
 SIZE = 32
@@ -103,16 +102,21 @@ def test_captioner_round_trip_is_bit_identical(captioner_release, tmp_path):
 def test_ov2_caption_runs_on_converted_release(captioner_release, tmp_path, capsys):
     from ov2_plugin.cli import main
 
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
     *_, dst, _ = captioner_release
-    image = tmp_path / "scene.png"
-    make_scene(0, 1).render(64).save(image)
-    assert main(["caption", str(image), "--model", str(dst), "--max_new_tokens", "5"]) == 0
+    image = tmp_path / "astronaut.jpg"  # a real photo
+    Image.fromarray(skimage_data.astronaut()).save(image, quality=90)
+    argv = ["caption", str(image), "--model", str(dst), "--max_new_tokens", "6", "--num_beams", "2", "--no_repeat_ngram_size", "1"]
+    assert main(argv) == 0
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert line.startswith(f"{image}\t")
     model = Ov2ForCaptioning.from_pretrained(dst).eval()
-    pixels = AutoImageProcessor.from_pretrained(dst)(make_scene(0, 1).render(64), return_tensors="pt")["pixel_values"]
-    expected = build_caption_tokenizer().batch_decode(model.generate(pixels, max_new_tokens=5), skip_special_tokens=True)[0]
-    assert line == f"{image}\t{expected}"
+    pixels = AutoImageProcessor.from_pretrained(dst)(Image.open(image), return_tensors="pt")["pixel_values"]
+    ids = model.generate(pixels, max_new_tokens=6, num_beams=2, no_repeat_ngram_size=1)
+    assert len(set(ids[0].tolist()) - {0}) == len([i for i in ids[0].tolist() if i != 0])  # no id twice
+    assert line == f"{image}\t{build_caption_tokenizer().batch_decode(ids, skip_special_tokens=True)[0]}"
 
 
 def test_converted_encoder_is_a_llava_vision_tower(captioner_release, tmp_path):

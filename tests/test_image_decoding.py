@@ -56,6 +56,18 @@ def test_broken_and_missing_images_raise_clear_errors(tmp_path, photos):
         load_image(cut)
 
 
+def test_truncated_files_are_refused_even_when_pil_is_told_to_accept_them(tmp_path, photos, monkeypatch):
+    """Importing lmms-eval sets PIL's process-wide LOAD_TRUNCATED_IMAGES; a cut file must still fail."""
+    from PIL import ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(photos["exif6.jpg"].read_bytes()[:4000])
+    with pytest.raises(ImageDecodeError, match="not a decodable image"):
+        decode_image(cut)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is left as it was
+
+
 def test_json_and_folder_streams_decode_the_hard_photos(photos, tmp_path):
     folder = next(iter(photos.values())).parent
     records = [{"image": name, "caption": f"photo {name}"} for name in HARD_PHOTOS]

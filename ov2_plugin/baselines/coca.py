@@ -69,7 +69,13 @@ class CocaModel(Ov2PreTrainedModel):
         if position.device.type != "meta":  # from_pretrained builds on meta, then loads the stored table
             v = config.vision_config
             with torch.no_grad():
-                position.copy_(release_position_table(v.image_size // v.patch_size, v.hidden_size))
+                position.copy_(release_position_table(v.num_patches_per_side, v.hidden_size))
+                # open_clip 3.3's CoCa never initialises its text decoder's text_projection (the
+                # decoder's init_parameters is not called, and fails if called), so it holds what
+                # torch.empty left: NaN under --full_determinism, which fills new memory with NaN.
+                # We give it the normal(width^-0.5) that init_parameters intends.
+                proj = self.coca.text_decoder.text_projection
+                nn.init.normal_(proj, std=proj.shape[0] ** -0.5)
         self.post_init()
 
     def _init_weights(self, module: nn.Module) -> None:
