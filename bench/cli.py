@@ -45,6 +45,9 @@ def cmd_run(argv: list[str]) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads per worker (default: all cores)")
     p.add_argument("--matmul-seconds", type=float, default=3.0, help="how long to measure the matmul ceiling")
+    p.add_argument("--matmul-size", type=int, default=2048, help="square matmul size of the ceiling (8192 on a GPU)")
+    p.add_argument("--checkpointing", nargs="+", default=["none"], choices=["none", "encoder", "decoder", "all"],
+                   help="activation checkpointing modes, each variant with each (none is always run)")
     p.add_argument("--budget-gib", type=float, default=None, help="memory budget for the largest batch")
     p.add_argument("--compile", action="store_true", help="torch.compile each variant's loss (GPU)")
     p.add_argument("--ablate", action="store_true", help="also time OV2 with each optimisation off")
@@ -69,7 +72,8 @@ def cmd_run(argv: list[str]) -> None:
         print(json.dumps(ablation, indent=1))
         return
     result = run_comparison(args.shape, args.variants, args.precision, args.steps, args.warmup, args.device,
-                            args.budget_gib, args.threads, extra, args.matmul_seconds, Path(f"{stem}-partial.json"))
+                            args.budget_gib, args.threads, extra, args.matmul_seconds, Path(f"{stem}-partial.json"),
+                            tuple(dict.fromkeys(["none", *args.checkpointing])), args.matmul_size)
     if args.ablate:
         result["ablation"] = run_ablation(args.shape, args.precision, args.steps, args.warmup, args.device, args.threads)
     elif Path(f"{stem}-ablation.json").exists():  # from a separate `--only-ablate` run

@@ -43,9 +43,10 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.overrides import TorchFunctionMode
 
+from ov2_plugin.activation_checkpointing import set_checkpointing
 from ov2_plugin.modeling_vision import sincos_2d_table
 
-from .variants import SHAPES, VARIANTS, build_variant, make_batch
+from .variants import SHAPES, VARIANTS, build_variant, checkpoint_coca, make_batch
 
 HERE = Path(__file__).resolve().parent
 MODES = ("none", "encoder", "all")
@@ -232,9 +233,6 @@ def account_variant(variant_name: str, shape_name: str, modes: tuple[str, ...] =
 
 
 def build_mode(variant, mode: str) -> None:
-    from .variants import checkpoint_coca
-    from ov2_plugin.activation_checkpointing import set_checkpointing
-
     if variant.name == "coca":
         checkpoint_coca(variant.model, mode)
     else:

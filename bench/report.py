@@ -56,6 +56,34 @@ def targets(result: dict) -> list[dict]:
     return out
 
 
+def _accounted(result: dict, variant: str, mode: str) -> dict | None:
+    return next((r for r in result.get("accounted", []) if (r["variant"], r["checkpointing"]) == (variant, mode)), None)
+
+
+def checkpointing_table(result: dict) -> str:
+    """Every variant with and without checkpointing: measured beside accounted, ratios to OV1-2cap in the same mode."""
+    modes = {"none": result["variants"], **result.get("checkpointed", {})}
+    head = ("| variant | checkpointing | GFLOP/step (incl. recompute) | step s | samples/s | act. peak MiB measured "
+            "| accounted: kept + recompute peak MiB | MiB per sample measured / accounted | largest batch "
+            "| % of matmul ceiling | MFU (vendor peak) | step / no ckpt | act. / OV1-2cap | batch / OV1-2cap | batch / CoCa |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for mode, rows in modes.items():
+        for name, r in rows.items():
+            acc = _accounted(result, name, mode)
+            plain = result["variants"].get(name)
+            mfu = r.get("mfu_vendor_peak")
+            lines.append(
+                f"| {name} | {mode} | {r['flops_per_step'] / 1e9:.1f} | {r['median_step_s']:.3f} | {r['samples_per_s']:.2f} "
+                f"| {r['activation_peak_bytes'] / MIB:.0f} | {_fmt(acc and acc['peak_bytes'] / MIB, '.0f')} "
+                f"| {_fmt(r.get('activation_bytes_per_sample', 0) / MIB, '.1f')} / "
+                f"{_fmt(acc and acc['peak_bytes_per_sample'] / MIB, '.1f')} | {r.get('largest_batch', '-')} "
+                f"| {100 * r['hardware_efficiency']:.0f} % | {'-' if mfu is None else f'{100 * mfu:.0f} %'} "
+                f"| {_fmt(plain and r['median_step_s'] / plain['median_step_s'])} "
+                f"| {_fmt(_ratio(rows, name, OV1_2, 'activation_peak_bytes'))} "
+                f"| {_fmt(_ratio(rows, name, OV1_2, 'largest_batch'))} | {_fmt(_ratio(rows, name, COCA, 'largest_batch'))} |")
+    return "\n".join(lines)
+
+
 def markdown(result: dict) -> str:
     load = ", ".join(f"{x:.2f}" for x in result["loadavg_before"]) + " before / " + ", ".join(
         f"{x:.2f}" for x in result["loadavg_after"]) + " after"
@@ -63,7 +91,8 @@ def markdown(result: dict) -> str:
         f"Shape `{result['shape']}`, {result['precision']}, batch {result['batch_size']}, device {result.get('gpu', result['device'])}, "
         f"{result['cpu_count']} CPUs, torch {result['torch']}, started {result['started']}.",
         f"Load average (1, 5, 15 min): {load}. Matmul throughput measured in the run: "
-        f"{result['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s before, {result['matmul_flops_per_s_after'] / 1e9:.1f} after. "
+        f"{result['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s before, {result['matmul_flops_per_s_after'] / 1e9:.1f} after "
+        f"({result.get('matmul_size', 2048)}^3 {result['precision']}). "
         f"Memory budget for the largest batch: {result['budget_bytes'] / 2**30:.2f} GiB (model state + activations).",
         "",
         table(result),
@@ -74,6 +103,11 @@ def markdown(result: dict) -> str:
     for t in targets(result):
         verdict = "?" if t["met"] is None else ("met" if t["met"] else "missed")
         lines.append(f"| {t['target']} | {_fmt(t['value'], '.3f')} | {_fmt(t['goal'], '.3f')} | {verdict} |")
+    if result.get("checkpointed") or result.get("accounted"):
+        peak = result.get("vendor_peak_flops_per_s")
+        lines += ["", "With and without activation checkpointing (accounted: `bench/memory.py`, same shape and batch; "
+                  + (f"vendor dense bf16 peak {peak / 1e12:.0f} TFLOP/s" if peak else "no vendor peak for this device")
+                  + "):", "", checkpointing_table(result)]
     if result.get("ablation"):
         lines += ["", "Optimisations, OV2 keep 0.35 (each switched off in turn):", "",
                   "| case | step s | act. peak MiB | first loss |", "|---|---|---|---|"]

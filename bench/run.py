@@ -56,8 +56,10 @@ def matmul_throughput(device: str, precision: str, size: int = 2048, seconds: fl
 
 def run_comparison(shape: str, variants: list[str], precision: str, steps: int, warmup: int, device: str,
                    budget_gib: float | None, threads: int, extra: list[str], matmul_seconds: float = 3.0,
-                   partial: Path | None = None) -> dict:
-    """All variants one after another; ``partial`` gets the results so far after each one."""
+                   partial: Path | None = None, modes: tuple[str, ...] = ("none",), matmul_size: int = 2048) -> dict:
+    """All variants one after another, each with every checkpointing mode of ``modes``; ``partial`` gets
+    the results so far after each one. Rows without checkpointing are ``variants``, the others
+    ``checkpointed[mode]``; ``accounted`` holds ``bench/memory.py``'s count for the same shape and modes."""
     spec = SHAPES[shape]
     batch = spec.batch_size
     budget = int((budget_gib or spec.budget_gib) * 2**30)
@@ -68,25 +70,45 @@ def run_comparison(shape: str, variants: list[str], precision: str, steps: int, 
               "loadavg_before": os.getloadavg(), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     if device.startswith("cuda"):
         result["gpu"] = torch.cuda.get_device_name()
-    result["matmul_flops_per_s"] = matmul_throughput(device, precision, seconds=matmul_seconds)
-    rows = {}
+    result["matmul_size"] = matmul_size
+    result["matmul_flops_per_s"] = matmul_throughput(device, precision, size=matmul_size, seconds=matmul_seconds)
+    rows, checkpointed = {}, {m: {} for m in modes if m != "none"}
     for name in variants:
-        print(f"[bench] {name}: timing at batch {batch}", flush=True)
-        timed = worker([*common, "--variant", name, "--batch", str(batch), "--steps", str(steps),
-                        "--warmup", str(warmup), "--count-flops", "--budget-gib", str(budget / 2**30)])
-        print(f"[bench] {name}: {timed['median_step_s']:.3f} s/step, largest batch {timed['largest_batch']}", flush=True)
-        rows[name] = {**timed, "samples_per_s": batch / timed["median_step_s"]}
-        if partial:
-            partial.write_text(json.dumps({**result, "variants": rows}, indent=1))
-    result["variants"] = rows
-    result["matmul_flops_per_s_after"] = matmul_throughput(device, precision, seconds=matmul_seconds)
+        for mode in modes:
+            print(f"[bench] {name} (checkpointing {mode}): timing at batch {batch}", flush=True)
+            timed = worker([*common, "--variant", name, "--batch", str(batch), "--steps", str(steps),
+                            "--warmup", str(warmup), "--count-flops", "--budget-gib", str(budget / 2**30),
+                            "--checkpointing", mode])
+            print(f"[bench] {name} ({mode}): {timed['median_step_s']:.3f} s/step, largest batch "
+                  f"{timed['largest_batch']}", flush=True)
+            (rows if mode == "none" else checkpointed[mode])[name] = {**timed, "samples_per_s": batch / timed["median_step_s"]}
+            if partial:
+                partial.write_text(json.dumps({**result, "variants": rows, "checkpointed": checkpointed}, indent=1))
+    result["variants"], result["checkpointed"] = rows, checkpointed
+    from .memory import account
+
+    result["accounted"] = account([shape], variants, tuple(dict.fromkeys(("none", *modes))), precision)
+    result["matmul_flops_per_s_after"] = matmul_throughput(device, precision, size=matmul_size, seconds=matmul_seconds)
     result["loadavg_after"] = os.getloadavg()
     # The ceiling is the faster of the two measurements: a cold first one (clock ramp-up, first
     # page faults) would otherwise flatter every variant's efficiency.
     ceiling = max(result["matmul_flops_per_s"], result["matmul_flops_per_s_after"])
-    for row in rows.values():
+    peak = vendor_peak(result.get("gpu", "")) if precision == "bf16" else None
+    result["vendor_peak_flops_per_s"] = peak
+    for row in [*rows.values(), *(r for m in checkpointed.values() for r in m.values())]:
         row["hardware_efficiency"] = row["flops_per_step"] / row["median_step_s"] / ceiling
+        row["mfu_vendor_peak"] = row["flops_per_step"] / row["median_step_s"] / peak if peak else None
     return result
+
+
+# Dense (no 2:4 sparsity) bf16 Tensor Core peaks from NVIDIA's H100 and H200 datasheets, whose headline
+# figures are with sparsity (1979 TFLOPS for the SXM parts): halved here. Matched on the device name.
+VENDOR_BF16_PEAK = (("H200 NVL", 835e12), ("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12))
+
+
+def vendor_peak(gpu_name: str) -> float | None:
+    """The vendor's dense bf16 peak for ``torch.cuda.get_device_name()``; None for other devices."""
+    return next((flops for key, flops in VENDOR_BF16_PEAK if key.lower() in gpu_name.lower()), None)
 
 
 # glibc malloc settings that keep freed memory mapped (fewer page faults per step), tried as an option

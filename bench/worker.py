@@ -76,7 +76,7 @@ class Trainer:
         self.shape = SHAPES[args.shape]
         before = current(self.device)
         torch.manual_seed(0)
-        self.variant = build_variant(args.variant, self.shape)
+        self.variant = build_variant(args.variant, self.shape, checkpointing=args.checkpointing)
         model = self.variant.model.to(self.device)
         for m in (model, getattr(model, "captioner", None)):
             if hasattr(m, "fused_head_loss"):
@@ -161,7 +161,7 @@ def run(args: argparse.Namespace) -> dict:
     result = {
         "variant": args.variant, "shape": args.shape, "batch_size": args.batch, "precision": args.precision,
         "device": str(device), "optimizer": args.optimizer, "fused_head_loss": not args.no_fused_loss,
-        "compile": args.compile, "attention": args.attention, "threads": torch.get_num_threads(),
+        "compile": args.compile, "attention": args.attention, "checkpointing": args.checkpointing, "threads": torch.get_num_threads(),
         "params": sum(p.numel() for p in trainer.params), "flops_per_step": flops, "step_times_s": times,
         "median_step_s": statistics.median(times) if times else None, "min_step_s": min(times) if times else None, "state_bytes": trainer.state_bytes,
         "activation_peak_bytes": points[args.batch], "activation_peak_bytes_small": points[small],
@@ -184,6 +184,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--no-fused-loss", action="store_true", help="plain lm_head + cross_entropy (full logits)")
     p.add_argument("--attention", default="default", choices=["default", "math"],
                    help="SDPA kernels allowed: torch's choice (flash/efficient/cudnn) or the math one")
+    p.add_argument("--checkpointing", default="none", choices=["none", "encoder", "decoder", "all"],
+                   help="activation checkpointing of the blocks (bench/variants.py: build_variant)")
     p.add_argument("--count-flops", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the loss function (GPU script)")
     p.add_argument("--budget-gib", type=float, default=0.0, help="also find the largest batch under this budget")

@@ -139,10 +139,15 @@ def test_worker_measures_memory_flops_and_largest_batch_and_the_report_compares_
 
 def test_bench_command_writes_json_table_and_chart(tmp_path):
     cmd = [sys.executable, "-m", "bench", "run", "--shape", "tiny", "--variants", "ov2-k0.35", "--steps", "1",
-           "--threads", "1", "--matmul-seconds", "0.2", "--machine", "test", "--out-dir", str(tmp_path)]
+           "--threads", "1", "--matmul-seconds", "0.2", "--machine", "test", "--out-dir", str(tmp_path),
+           "--checkpointing", "encoder"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads((tmp_path / "results-test-tiny.json").read_text())
     assert result["variants"]["ov2-k0.35"]["largest_batch"] >= 1 and result["matmul_flops_per_s"] > 0
     assert "| ov2-k0.35 |" in (tmp_path / "results-test-tiny.md").read_text()
     assert (tmp_path / "results-test-tiny.png").exists()
+    plain, ckpt = result["variants"]["ov2-k0.35"], result["checkpointed"]["encoder"]["ov2-k0.35"]
+    assert ckpt["checkpointing"] == "encoder" and ckpt["flops_per_step"] > plain["flops_per_step"]  # recomputation counted
+    assert {(r["variant"], r["checkpointing"]) for r in result["accounted"]} == {("ov2-k0.35", "none"), ("ov2-k0.35", "encoder")}
+    assert "| ov2-k0.35 | encoder |" in (tmp_path / "results-test-tiny.md").read_text()
