@@ -73,9 +73,9 @@ SHAPES: dict[str, Shape] = {
         budget_gib=1.25,
     ),
     "L/14": Shape("L/14", vision=VISION_PRESETS["L/14"], decoder=DECODER_PRESETS["L"], batch_size=128, budget_gib=40.0),
-    # "384 px" in the paper: open_clip's stride-14 conv floors 384 to 27x27 patches; our encoder
-    # asks for a multiple of 14, so 378 px gives the same 729 tokens.
-    "So400M/14": Shape("So400M/14", vision={**VISION_PRESETS["So400M/14"], "image_size": 378},
+    # 384 px, as released: the stride-14 conv floors it to 27x27 = 729 patches (tables measured
+    # before the floor grid was allowed ran 378 px, the same 729 tokens).
+    "So400M/14": Shape("So400M/14", vision=VISION_PRESETS["So400M/14"],
                        decoder=DECODER_PRESETS["L"], batch_size=64, budget_gib=40.0),
 }
 
