@@ -197,3 +197,11 @@ def test_dummy_image_keeps_the_tower_busy_and_the_loss_unchanged(parts, llava):
     torch.testing.assert_close(with_dummy.loss, loss, rtol=1e-5, atol=1e-6)
     grad = model.model.multi_modal_projector.linear_1.weight.grad
     assert grad is not None and torch.count_nonzero(grad) == 0  # in the graph, but contributes nothing
+
+
+def test_no_readable_image_in_reach_names_the_image_folder(parts, llava):
+    model, proc = llava
+    records = [one_turn(f"gone{i}.png", "<image>\nq", "a", str(i)) for i in range(3)]
+    dataset = LlavaConversations(records, parts / "data", proc, model.config.image_seq_length)
+    with pytest.raises(BadSampleLimitExceeded, match="3 records in a row.*--image_folder"):
+        dataset[1]

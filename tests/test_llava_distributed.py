@@ -143,3 +143,27 @@ def test_llava_own_train_stage1_zero2_then_lora_zero3_with_ov2_tower(parts, tmp_
     for key, weight in start.items():
         after = trained["base_model.model." + key]
         assert after.shape == weight.shape and not torch.equal(after, weight), key
+
+
+def test_ddp_steps_with_no_image_keep_every_rank_in_step(start, tmp_path):
+    """Text-only batches on 2 DDP processes without unused-parameter search (what gradient
+    checkpointing selects): the collator's dummy image keeps the tower and the projector in every
+    step's graph, as LLaVA's zero image does; without it DDP stops at the second step."""
+    records = json.loads((start / "data" / "instructions_0.json").read_text())[:2]
+    text = [{"id": f"t{i}", "conversations": [{"from": "human", "value": "what colour are the circles?"},
+                                              {"from": "gpt", "value": ["red", "blue"][i % 2]}]} for i in range(8)]
+    data = tmp_path / "mixed.json"
+    data.write_text(json.dumps([*text[:4], records[0], *text[4:], records[1]]))
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    args = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+            "-m", "ov2_plugin.cli", "llava-train", "--model_name_or_path", str(start / "llava"), "--data_path", str(data),
+            "--image_folder", str(start / "data"), "--ddp_find_unused_parameters", "false", "--ddp_backend", "gloo",
+            "--max_steps", "4", "--per_device_train_batch_size", "1", "--learning_rate", "1e-3", "--logging_steps", "1",
+            "--use_cpu", "true", "--dataloader_num_workers", "0", "--seed", "0", "--output_dir", str(out)]
+    run = subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    report = out / "report.json"
+    assert report.is_file(), f"no report (exit code {run.returncode}):\n{(run.stdout + run.stderr)[-3000:]}"
+    report = json.loads(report.read_text())
+    assert [step for step, _ in report["loss_history"]] == [1, 2, 3, 4]
+    assert report["bad_samples"]["good_samples"] == 8 and report["bad_samples"]["bad_samples"] == 0  # 4 steps x 2 ranks

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from PIL import Image
 
+from ..loading import load_image
 from .runner import make_runner
 from .suite import TASKS, VLMEVAL_NAMES
 
@@ -123,7 +123,7 @@ class Ov2LlavaVLM(BaseModel):
         return [*({"type": "image", "value": p} for p in paths), {"type": "text", "value": str(line["question"])}]
 
     def generate_inner(self, message, dataset=None) -> str:
-        images = [Image.open(m["value"]).convert("RGB") for m in message if m["type"] == "image"]
+        images = [load_image(m["value"]) for m in message if m["type"] == "image"]  # the training decoder
         text = "\n".join(m["value"] for m in message if m["type"] == "text")
         return self.runner.generate([text], [images], self.max_new_tokens)[0]
 
