@@ -13,6 +13,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from ..image_decoding import decode_image
+
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -124,7 +126,7 @@ class LlavaRunner:
         return "<image>\n" * num_images + question
 
     def _inputs(self, prompts: list[str], images: list[list[Image.Image]]):
-        flat = [im.convert("RGB") for ims in images for im in ims]
+        flat = [decode_image(im) for ims in images for im in ims]  # upright, transparency on white, 16-bit scaled
         batch = self.processor(text=prompts, images=flat or None, return_tensors="pt", padding=True)
         return batch.to(self.device)
 
@@ -216,7 +218,7 @@ class OriginalLlavaRunner:
         ids = tokenizer_image_token(text, self.tokenizer, IMAGE_TOKEN_INDEX, return_tensors="pt")[None].to(self.device)
         if not images:
             return {"input_ids": ids}
-        images = [im.convert("RGB") for im in images]
+        images = [decode_image(im) for im in images]
         pixels = process_images(images, self.image_processor, self.model.config).to(self.device, self.model.dtype)
         return {"input_ids": ids, "images": pixels, "image_sizes": [im.size for im in images]}
 
