@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
-from .data.stream_state import STATE_KEY, StreamTracker, read_stream_state
+from .data.stream_state import STATE_KEY, StreamTracker, read_stream_state, write_final_counts
 
 STAGING = ".staging"
 TRAINER_STATE = "trainer_state.json"  # written last by Trainer._save_checkpoint
@@ -93,7 +93,10 @@ class Ov2Trainer(Trainer):
                 self.train_dataset.load_stream_state(state)
                 self._streams.restore(state)
                 self.args.ignore_data_skip = True  # ours replaces the Trainer's re-reading of the skipped batches
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        result = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if self._streams is not None:  # the loader's workers have stopped: their count files are final
+            write_final_counts(self._streams, self.train_dataset, self.args.process_index)
+        return result
 
     def get_train_dataloader(self) -> DataLoader:
         if not isinstance(self.train_dataset, IterableDataset):

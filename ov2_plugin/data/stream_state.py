@@ -60,6 +60,27 @@ class StreamTracker:
         path.write_text(json.dumps(data))  # inside the staging folder: the checkpoint appears whole or not at all
 
 
+def write_final_counts(tracker: StreamTracker, dataset, rank: int) -> None:
+    """At the end of training, the bad-sample counts up to the last batch trained, per worker.
+
+    A stream writes its counts file at its end, at each bad sample and every 500 good ones; when
+    training stops inside an epoch, the file can lag the samples trained. The positions the
+    Trainer kept hold the counts as of each worker's last consumed batch: written where the file
+    holds fewer (a file that holds more was written later by the stream itself, e.g. at its end).
+    """
+    from .bad_samples import BadSampleCounter
+
+    report_dir = getattr(dataset, "report_dir", None)
+    if not report_dir or tracker.epoch is None:
+        return
+    for worker, position in tracker.workers.items():
+        counter = BadSampleCounter(report_dir, f"epoch{position['epoch']}-rank{rank}-worker{worker}")
+        saved = json.loads(counter.path.read_text()) if counter.path.is_file() else {"good": 0, "counts": {}}
+        total = position["counter"]["good"] + sum(position["counter"]["counts"].values())
+        if saved["good"] + sum(saved["counts"].values()) < total:
+            counter.load_state(position["counter"])  # writes the file
+
+
 def read_stream_state(checkpoint: str | os.PathLike, rank: int, world_size: int, num_workers: int) -> dict | None:
     """This rank's saved positions, or None when the checkpoint has none (then the Trainer's skipping applies).
 
