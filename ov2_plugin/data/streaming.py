@@ -187,6 +187,8 @@ class StreamingCaptions(IterableDataset):
             return None
         counter.add_good()
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, self.epoch, sample.key))
+            # The CPU generator only: ``torch.manual_seed`` would also queue a lazy CUDA seeding (with a
+            # recorded stack trace) on every call, several times the cost of a small image's decode.
+            torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, sample.key))
             pixel_values = self.transform(image)
         return {"pixel_values": pixel_values, "caption": sample.caption.strip(), "key": sample.key}
