@@ -11,6 +11,9 @@
 3. Streamed (iterable) datasets are split across ranks by the dataset itself (by shard, see
    ``data.sharding``); ``accelerate`` would otherwise wrap them so that every rank reads and
    decodes the whole stream and keeps one slice of it.
+4. Streams resume where they stood: every checkpoint holds each rank's stream position
+   (``data.stream_state``), and a resumed run continues from it instead of re-reading and
+   dropping the batches already trained (the Trainer's ``skip_first_batches``).
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+
+from .data.stream_state import STATE_KEY, StreamTracker, read_stream_state, write_final_counts
 
 STAGING = ".staging"
 TRAINER_STATE = "trainer_state.json"  # written last by Trainer._save_checkpoint
@@ -74,6 +79,24 @@ class Ov2Trainer(Trainer):
         # count and multiply the loss by the world size, so DDP/DeepSpeed runs would log (and
         # clip) a loss world_size times too large. Honour an explicit declaration if the model has one.
         self.model_accepts_loss_kwargs = bool(getattr(self.model, "accepts_loss_kwargs", False))
+        resumable = hasattr(self.train_dataset, "load_stream_state")
+        self._streams = StreamTracker(self.args.dataloader_num_workers) if resumable else None
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        """``Trainer.train``; a resumable stream continues from the checkpoint's saved position."""
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint and self._streams is not None:
+            state = read_stream_state(resume_from_checkpoint, self.args.process_index, self.args.world_size,
+                                      self.args.dataloader_num_workers)
+            if state is not None:
+                self.train_dataset.load_stream_state(state)
+                self._streams.restore(state)
+                self.args.ignore_data_skip = True  # ours replaces the Trainer's re-reading of the skipped batches
+        result = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        if self._streams is not None:  # the loader's workers have stopped: their count files are final
+            write_final_counts(self._streams, self.train_dataset, self.args.process_index)
+        return result
 
     def get_train_dataloader(self) -> DataLoader:
         if not isinstance(self.train_dataset, IterableDataset):
@@ -87,9 +110,15 @@ class Ov2Trainer(Trainer):
             pin_memory=self.args.dataloader_pin_memory,
             persistent_workers=self.args.dataloader_persistent_workers and workers > 0,
             prefetch_factor=self.args.dataloader_prefetch_factor if workers > 0 else None,
+            # Its own generator: starting the workers draws their base seed from it, not from the global
+            # generator, which a resumed run has just restored (token dropping must continue as if uninterrupted).
+            generator=torch.Generator().manual_seed(self.args.seed),
         )
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
+        position = inputs.pop(STATE_KEY, None)
+        if position is not None and self._streams is not None:
+            self._streams.update(position)
         loss = super().training_step(model, inputs, num_items_in_batch)
         bad = (~torch.isfinite(loss.detach().float())).float().reshape(())
         if dist.is_available() and dist.is_initialized():
@@ -113,6 +142,8 @@ class Ov2Trainer(Trainer):
         self._staging_dir = staging_root
         try:
             super()._save_checkpoint(model, trial)  # everything lands in .staging/checkpoint-N
+            if self._streams is not None:
+                self._streams.save(staging_root / name, self.args.process_index, self.args.world_size)
         finally:
             self._staging_dir = None
         _barrier()  # every rank has written its part (DeepSpeed shards, rng_state_{rank}.pth)

@@ -39,7 +39,7 @@ from .tokenization import build_caption_tokenizer
 
 logger = logging.getLogger(__name__)
 
-DATA_SOURCES = ("scenes", "webdataset", "json", "folder")
+DATA_SOURCES = ("scenes", "webdataset", "json", "folder", "hf")
 STAGE_DONE = "stage_done.json"
 
 
@@ -100,6 +100,13 @@ class DataArguments:
     image_folder: str | None = field(default=None, metadata={"help": "folder: the image folder."})
     captions_file: str | None = field(default=None, metadata={
         "help": "folder: JSONL/CSV with file_name and caption columns (default: IMAGE_FOLDER/metadata.jsonl)."})
+    hf_path: str | None = field(default=None, metadata={
+        "help": "hf: a saved dataset folder (load_from_disk), or parquet/arrow/json/csv files (a file, folder or glob)."})
+    hf_split: str = field(default="train", metadata={"help": "hf: the split to train on."})
+    image_column: str = field(default="image", metadata={"help": "hf: column with the image (Image, bytes or path)."})
+    caption_column: str | None = field(default=None, metadata={"help": "hf: caption column (default: caption, else text)."})
+    hf_streaming: bool = field(default=False, metadata={
+        "help": "hf: read data files as they are (split by file) instead of building the Arrow cache (split by row)."})
     shuffle_buffer: int = field(default=1000, metadata={"help": "webdataset: samples mixed within each worker."})
     augment: str = field(default="auto", metadata={
         "help": "'inception' (random resized crop, colour jitter, grayscale), 'none' (squash resize), "
@@ -227,6 +234,13 @@ def build_dataset(args: DataArguments, image_size: int, train_args: TrainingArgu
         if not args.json_path:
             raise ValueError("--data json needs --json_path (a LLaVA-style .json or .jsonl) and usually --image_root.")
         return JsonCaptions(args.json_path, args.image_root, transform, caption_key=args.caption_key, **common)
+    if args.data == "hf":
+        from .data.hf_source import HfCaptions
+
+        if not args.hf_path:
+            raise ValueError("--data hf needs --hf_path (a saved dataset folder, or parquet/arrow/json/csv files).")
+        return HfCaptions(args.hf_path, transform, image_column=args.image_column, caption_column=args.caption_column,
+                          split=args.hf_split, streaming=args.hf_streaming, **common)
     from .data.folder_source import FolderCaptions
 
     if not args.image_folder:

@@ -91,3 +91,27 @@ def test_bad_sample_files_are_json(tmp_path):
     list(WebDatasetCaptions(str(paths[0]), eval_transform(16), report_dir=str(tmp_path / "r"), max_bad_fraction=1.0))
     (f,) = (tmp_path / "r" / "bad_samples").glob("*.json")
     assert json.loads(f.read_text())["counts"] == {"corrupt_image": 1}
+
+
+def test_inception_augmentation_of_a_sample_is_the_same_on_any_number_of_ranks_and_workers(shards):
+    from ov2_plugin.data.transforms import train_transform
+
+    def augmented(world_size: int, num_workers: int) -> dict[str, torch.Tensor]:
+        out = {}
+        for rank in range(world_size):
+            ds = WebDatasetCaptions(f"{shards}/{{00000..00007}}.tar", train_transform(16, min_area=0.2),
+                                    rank=rank, world_size=world_size, seed=3, shuffle_buffer=4)
+            # 0 workers: the stream itself (a DataLoader draws its workers' base seed from the global generator)
+            samples = DataLoader(ds, batch_size=None, num_workers=num_workers) if num_workers else ds
+            out |= {s["key"]: s["pixel_values"] for s in samples}
+        return out
+
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    alone = augmented(1, 0)  # in this process
+    assert torch.equal(state, torch.get_rng_state())  # the process's own generator is not used
+    spread = augmented(2, 2)
+    assert alone.keys() == spread.keys() and len(alone) == 48
+    assert all(torch.equal(alone[k], spread[k]) for k in alone)
+    first = next(iter(alone.values()))
+    assert any(not torch.equal(first, v) for v in alone.values())  # yet samples are augmented differently

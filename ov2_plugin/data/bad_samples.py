@@ -16,12 +16,15 @@ from pathlib import Path
 
 # The reasons a sample is skipped. ``truncated_tar`` counts shards that ended early (their
 # samples before the damage are kept); the others count samples.
-CORRUPT_IMAGE = "corrupt_image"
-UNREADABLE_FILE = "unreadable_file"
-MISSING_CAPTION = "missing_caption"
+CORRUPT_IMAGE = "corrupt_image"  # not decodable: garbage bytes, a truncated file, HTML saved as .jpg
+UNREADABLE_FILE = "unreadable_file"  # a missing image file or shard, or a sample without an image member
+MISSING_CAPTION = "missing_caption"  # no caption, or only whitespace
+UNPARSABLE_RECORD = "unparsable_record"  # a JSONL line that is not JSON
+NOT_A_RECORD = "not_a_record"  # JSON, but not an object (a list, a string, a number)
+MISSING_IMAGE = "missing_image"  # a record that names no image
 TRUNCATED_TAR = "truncated_tar"
-REASONS = (CORRUPT_IMAGE, UNREADABLE_FILE, MISSING_CAPTION, TRUNCATED_TAR)
-SAMPLE_REASONS = (CORRUPT_IMAGE, UNREADABLE_FILE, MISSING_CAPTION)
+SAMPLE_REASONS = (CORRUPT_IMAGE, UNREADABLE_FILE, MISSING_CAPTION, UNPARSABLE_RECORD, NOT_A_RECORD, MISSING_IMAGE)
+REASONS = (*SAMPLE_REASONS, TRUNCATED_TAR)
 
 COUNTS_FOLDER = "bad_samples"
 
@@ -36,16 +39,31 @@ class BadSampleCounter:
     ``check`` raises ``BadSampleLimitExceeded`` once at least ``min_samples`` were read and
     the skipped share is above ``max_bad_fraction`` (a few bad samples at the very start of
     a stream must not stop a run).
+
+    ``source`` names the data (a file, a shard pattern) in the error. ``muted`` drops events
+    (used while a resumed stream re-reads raw samples whose events the restored counts hold).
     """
 
     def __init__(self, report_dir: str | os.PathLike | None, stream_name: str, max_bad_fraction: float = 0.25,
-                 min_samples: int = 50, flush_every: int = 500) -> None:
+                 min_samples: int = 50, flush_every: int = 500, source: str = "the data") -> None:
         self.path = Path(report_dir) / COUNTS_FOLDER / f"{stream_name}.json" if report_dir else None
         self.max_bad_fraction, self.min_samples, self.flush_every = max_bad_fraction, min_samples, flush_every
+        self.source, self.muted = source, False
         self.good = 0
         self.counts: Counter[str] = Counter()
         self.examples: dict[str, list[str]] = {}
         self._seen_shards: set[str] = set()
+
+    def state(self) -> dict:
+        """The counts as plain JSON data, to store with a stream position in a checkpoint."""
+        return {"good": self.good, "counts": dict(self.counts), "examples": {k: list(v) for k, v in self.examples.items()},
+                "seen_shards": sorted(self._seen_shards)}
+
+    def load_state(self, state: dict) -> None:
+        self.good, self.counts = state["good"], Counter(state["counts"])
+        self.examples = {k: list(v) for k, v in state["examples"].items()}
+        self._seen_shards = set(state["seen_shards"])
+        self.flush()
 
     @property
     def bad(self) -> int:
@@ -57,6 +75,8 @@ class BadSampleCounter:
             self.flush()
 
     def add_bad(self, reason: str, where: str) -> None:
+        if self.muted:
+            return
         if reason == TRUNCATED_TAR:
             # webdataset may report one damaged shard more than once (member, then stream).
             if where in self._seen_shards:
@@ -76,7 +96,7 @@ class BadSampleCounter:
         if self.bad / total > self.max_bad_fraction:
             detail = ", ".join(f"{r}: {n}" for r, n in sorted(self.counts.items()))
             raise BadSampleLimitExceeded(
-                f"{self.bad} of {total} samples read were broken ({detail}; e.g. {self.examples}), "
+                f"{self.bad} of {total} samples read from {self.source} were broken ({detail}; e.g. {self.examples}), "
                 f"above --max_bad_fraction {self.max_bad_fraction}. Check the data paths and caption field, "
                 "or raise --max_bad_fraction if this data is known to be this noisy."
             )

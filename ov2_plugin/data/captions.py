@@ -39,7 +39,8 @@ class CaptionCollator:
     """Stacks images and tokenizes captions: ``[bos] caption [eos]``, right-padded with 0.
 
     Pads to the longest caption in the batch (never beyond the tokenizer's 128), so short
-    captions do not pay for 128 positions; labels are the ids with -100 on padding.
+    captions do not pay for 128 positions; labels are the ids with -100 on padding. A streamed
+    batch also carries ``stream_state``, which ``Ov2Trainer`` takes out before the forward.
     """
 
     tokenizer: PreTrainedTokenizerFast
@@ -49,9 +50,12 @@ class CaptionCollator:
             [b["caption"] for b in batch], padding=True, truncation=True, return_tensors="pt"
         )
         labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-        return {
+        out = {
             "pixel_values": torch.stack([b["pixel_values"] for b in batch]),
             "input_ids": enc.input_ids,
             "attention_mask": enc.attention_mask,
             "labels": labels,
         }
+        if "stream_state" in batch[-1]:  # the stream's position after this batch (see data.stream_state)
+            out["stream_state"] = batch[-1]["stream_state"]
+        return out

@@ -3,33 +3,24 @@
 LLaVA's pretraining file (``blip_laion_cc_sbu_558k.json``) is a list of records with an
 ``image`` path relative to an image folder and a two-turn ``conversations`` list whose model
 turn is the caption; plain caption files use a ``caption`` (or ``text``) field. Records are
-the unit split across ranks and workers, so the split is exact at any world size.
+the unit split across ranks and workers, so the split is exact at any world size, and they are
+read one at a time from the file (``json_records``), never all at once.
+
+Skipped and counted, with ``file:line`` (JSONL) or ``file#index`` (array) in the report: a line
+that is not JSON, a record that is not an object, a record without an image, an empty or
+whitespace-only caption, and the image problems every source counts (missing, corrupt, truncated).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from .bad_samples import BadSampleCounter
+from .bad_samples import MISSING_IMAGE, NOT_A_RECORD, UNPARSABLE_RECORD, BadSampleCounter
+from .json_records import RecordFile
 from .streaming import RawSample, StreamingCaptions
 
 MODEL_ROLES = ("gpt", "assistant", "model")
-
-
-def load_records(path: str | Path) -> list[dict]:
-    """A JSON list or a JSONL file of records."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Caption file {path} not found; pass --json_path with a .json or .jsonl file.")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".jsonl":
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    data = json.loads(text)
-    if not isinstance(data, list):
-        raise ValueError(f"{path} holds a {type(data).__name__}, not a list of records; use a JSON list or JSONL.")
-    return data
 
 
 def record_caption(record: dict, caption_key: str | None = None) -> str | None:
@@ -45,24 +36,45 @@ def record_caption(record: dict, caption_key: str | None = None) -> str | None:
     return None
 
 
+def record_sample(record, key: str, where: str, image_root: Path, caption_key: str | None) -> RawSample | None:
+    """A parsed record -> a raw sample (bad ones carry their reason); None for a blank line."""
+    if record is None:
+        return None
+    if not isinstance(record, dict):
+        return RawSample(key=key, caption=None, reason=NOT_A_RECORD, where=where)
+    image = record.get("image")
+    if not isinstance(image, str) or not image.strip():
+        return RawSample(key=key, caption=None, reason=MISSING_IMAGE, where=where)
+    return RawSample(key=key, caption=record_caption(record, caption_key), path=image_root / image,
+                     where=f"{where} ({image})")
+
+
 class JsonCaptions(StreamingCaptions):
     """Captioned images listed in a JSON/JSONL file, with paths relative to ``image_root``."""
 
     def __init__(self, json_path: str | Path, image_root: str | Path | None, transform, *,
                  caption_key: str | None = None, **kwargs) -> None:
         super().__init__(transform, **kwargs)
-        self.records = load_records(json_path)
+        self.records = RecordFile(json_path)
         self.image_root = Path(image_root) if image_root else Path(json_path).parent
         self.caption_key = caption_key
+
+    def describe(self) -> str:
+        return str(self.records.path)
 
     def units(self) -> range:
         return range(len(self.records))
 
-    def read(self, units: Sequence[int], counter: BadSampleCounter) -> Iterator[RawSample]:
-        for i in units:
-            record = self.records[i]
-            image = record.get("image") if isinstance(record, dict) else None
-            caption = record_caption(record, self.caption_key) if isinstance(record, dict) else None
-            key = str(image or f"record {i}")
-            # A record without an image path yields a path that does not exist: counted as unreadable.
-            yield RawSample(key=key, caption=caption, path=self.image_root / image if image else Path("\0"))
+    def read(self, units: Sequence[int], first_offset: int, counter: BadSampleCounter) -> Iterator[tuple[int, int, RawSample]]:
+        name = self.records.path.name
+        for pos, i in enumerate(units):
+            i = int(i)
+            key, where = f"{name}:{i}", self.records.where(i)
+            try:
+                record = self.records.get(i)
+            except ValueError:  # json.JSONDecodeError is a ValueError
+                yield pos, 0, RawSample(key=key, caption=None, reason=UNPARSABLE_RECORD, where=where)
+                continue
+            sample = record_sample(record, key, where, self.image_root, self.caption_key)
+            if sample is not None:
+                yield pos, 0, sample

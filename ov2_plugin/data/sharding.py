@@ -11,11 +11,13 @@ have, so the rank is passed in explicitly instead.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from collections.abc import Sequence
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 T = TypeVar("T")
@@ -44,13 +46,21 @@ def worker_id_and_count() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
-def epoch_permutation(items: Sequence[T], seed: int, epoch: int) -> list[T]:
-    """The same permutation on every rank for a given ``(seed, epoch)``."""
+def epoch_permutation(items: Sequence[T], seed: int, epoch: int) -> Sequence[T]:
+    """The same permutation on every rank for a given ``(seed, epoch)``.
+
+    A ``range`` (the record indices of a big file) is permuted as a numpy array: 8 bytes an
+    item instead of a list of Python ints (~36), in every loader worker.
+    """
+    if isinstance(items, range):
+        digest = hashlib.sha256(f"ov2-records/{seed}/{epoch}".encode()).digest()
+        return np.random.default_rng(int.from_bytes(digest[:8], "little")).permutation(np.asarray(items, np.int64))
     order = list(items)
     random.Random(f"ov2-shards/{seed}/{epoch}").shuffle(order)
     return order
 
 
-def split_for(items: Sequence[T], rank: int, world_size: int, worker: int, num_workers: int) -> list[T]:
+def split_for(items: Sequence[T], rank: int, world_size: int, worker: int, num_workers: int) -> Sequence[T]:
     """The items that (rank, worker) reads: a disjoint, exhaustive split across all pairs."""
-    return list(items)[rank::world_size][worker::num_workers]
+    items = items if isinstance(items, range | np.ndarray) else list(items)
+    return items[rank::world_size][worker::num_workers]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import tarfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 from .bad_samples import TRUNCATED_TAR, UNREADABLE_FILE, BadSampleCounter
 from .sharding import expand_shards
@@ -59,7 +60,12 @@ class WebDatasetCaptions(StreamingCaptions):
     def units(self) -> list[str]:
         return self.shards
 
-    def read(self, units: Sequence[str], counter: BadSampleCounter) -> Iterator[RawSample]:
+    def describe(self) -> str:
+        return f"{len(self.shards)} shards ({self.shards[0]} ...)"
+
+    def read(self, units: Sequence[str], first_offset: int, counter: BadSampleCounter) -> Iterator[tuple[int, int, RawSample]]:
+        """Grouped samples of ``units`` in order; the first ``first_offset`` samples of the first shard are
+        skipped as raw tar members (no image decoding), the shards before it are never opened."""
         import webdataset as wds
         from webdataset.tariterators import group_by_keys, tar_file_expander
 
@@ -93,15 +99,21 @@ class WebDatasetCaptions(StreamingCaptions):
             lambda src: tar_file_expander(src, handler=on_error),
             lambda src: group_by_keys(src, handler=on_error),
         ]
-        if self.shuffle and self.shuffle_buffer > 1:
-            stages.append(wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=self.stream_rng()))
+        position = {url: i for i, url in enumerate(units)}
+        seen: dict[str, int] = {}
         for sample in wds.DataPipeline(*stages):
+            url = sample["__url__"]
+            unit, offset = position[url], seen.get(url, 0)  # the shard is read from its start
+            seen[url] = offset + 1
+            if unit == 0 and offset < first_offset:
+                continue  # before the saved position: dropped undecoded
             ext = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-            key = f"{sample['__url__']}/{sample['__key__']}"
-            if ext is None:
-                counter.add_bad(UNREADABLE_FILE, key)  # no image member in this sample
+            key, where = f"{Path(url).name}/{sample['__key__']}", f"{url}/{sample['__key__']}"
+            if ext is None:  # no image member in this sample
+                yield unit, offset, RawSample(key=key, caption=None, reason=UNREADABLE_FILE, where=where)
                 continue
-            yield RawSample(key=key, caption=caption_of(sample, self.caption_field), data=sample[ext])
+            yield unit, offset, RawSample(key=key, caption=caption_of(sample, self.caption_field), data=sample[ext],
+                                          where=where)
 
 
 class _TailWatch:

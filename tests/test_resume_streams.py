@@ -1,0 +1,212 @@
+"""Resume at web scale: a SIGKILLed run on real-data defaults (webdataset shards or a JSONL file, inception
+augmentation, 2 loader workers) resumes from the checkpoint's stream position to bitwise the weights
+and the bad-sample counts of the uninterrupted run, without reading what came before that position.
+
+Proof of "without reading": before resuming, the test deletes every shard (and breaks every JSONL
+record) that the checkpoint's positions put behind each worker. Had the resumed run read one of them,
+it would count an unreadable shard (or an unparsable record) and the counts would differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ov2_plugin.checkpointing import newest_complete_checkpoint
+from ov2_plugin.data.scene_shards import write_scene_json, write_scene_shards
+from ov2_plugin.data.transforms import eval_transform
+
+pytest.importorskip("webdataset")
+ROOT = Path(__file__).resolve().parents[1]
+RUN = [
+    "--image_size", "32", "--per_device_train_batch_size", "4", "--save_steps", "4", "--save_total_limit", "3",
+    "--logging_steps", "1", "--learning_rate", "1e-3", "--use_cpu", "true", "--eval_samples", "0",
+    "--dataloader_num_workers", "2", "--seed", "0", "--full_determinism", "true", "--augment", "inception",
+    "--max_bad_fraction", "1.0", "--report_to", "none",
+]
+
+
+KILLER = """
+import os, signal
+from transformers import TrainerCallback
+from ov2_plugin import checkpointing
+from ov2_plugin.pretrain import main
+
+
+class KillAfterSave(TrainerCallback):
+    def on_save(self, args, state, control, **kwargs):  # called once the checkpoint folder is in place
+        if state.global_step == int(os.environ["KILL_AT_STEP"]) and args.process_index == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+original_init = checkpointing.Ov2Trainer.__init__
+
+
+def init(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    self.add_callback(KillAfterSave())
+
+
+checkpointing.Ov2Trainer.__init__ = init
+main()
+"""
+
+
+def pretrain(out: Path, *extra: str, nproc: int = 1, kill_at: int | None = None) -> subprocess.Popen:
+    """``ov2 pretrain`` on ``nproc`` processes; ``kill_at``: SIGKILL rank 0 right after checkpoint ``kill_at``
+    is complete (a fixed point, where polling for the folder from outside races with a fast run)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "KILL_AT_STEP": str(kill_at)}
+    entry = ["-m", "ov2_plugin.pretrain"]
+    if kill_at is not None:
+        script = out.parent / "killed_after_save.py"
+        script.write_text(KILLER)
+        entry = [str(script)]
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
+    cmd = [sys.executable, *(launcher if nproc > 1 else []), *entry, "--output_dir", str(out), *RUN, *extra]
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+def killed_at(proc: subprocess.Popen, run_dir: Path, step: int) -> str:
+    """Wait for the killed run; its newest complete checkpoint is ``step`` and it did not finish."""
+    out, _ = proc.communicate(timeout=400)
+    assert proc.returncode != 0, "the run was not killed: " + out[-2000:]
+    assert not (run_dir / "model.safetensors").exists(), "the run finished before it was killed"
+    assert newest_complete_checkpoint(run_dir) == str(run_dir / f"checkpoint-{step}"), out[-2000:]
+    return newest_complete_checkpoint(run_dir)
+
+
+def saved_positions(checkpoint: str, rank: int = 0) -> dict:
+    state = json.loads((Path(checkpoint) / f"stream_state_rank{rank}.json").read_text())
+    assert state["num_workers"] == 2 and state["workers"], state
+    return state
+
+
+def one_epoch_of_batches(ds) -> int:
+    """The number of batches of 4 one pass gives on 2 workers: the run ends exactly at the end of the data,
+    so every worker reaches its end and writes its final counts."""
+    from torch.utils.data import DataLoader
+
+    return len(list(DataLoader(ds, batch_size=4, num_workers=2, collate_fn=len)))
+
+
+def assert_same_run(straight: Path, resumed: Path, some_bad: bool = True) -> None:
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    differing = [k for k in a if not torch.equal(a[k], b[k])]
+    assert differing == [], f"resumed weights differ from the uninterrupted run in {differing[:5]}"
+    ra, rb = (json.loads((d / "report.json").read_text()) for d in (straight, resumed))
+    assert rb["bad_samples"] == ra["bad_samples"]
+    assert (ra["bad_samples"]["bad_samples"] > 0) == some_bad  # the data had broken samples to count
+
+
+def test_webdataset_inception_2_workers_sigkill_resume_is_bitwise_and_skips_whole_shards(tmp_path):
+    from ov2_plugin.data.webdataset_source import WebDatasetCaptions
+
+    write_scene_shards(tmp_path / "shards", num_shards=12, samples_per_shard=4, image_size=32, corrupt_every=7)
+    pattern = f"{tmp_path}/shards/{{00000..00011}}.tar"
+    steps = one_epoch_of_batches(WebDatasetCaptions(pattern, eval_transform(32), seed=0, shuffle_buffer=5))
+    data = ["--data", "webdataset", "--train_shards", pattern, "--shuffle_buffer", "5", "--max_steps", str(steps)]
+    straight = pretrain(tmp_path / "straight", *data)
+    killed = pretrain(tmp_path / "killed", *data, kill_at=4)
+    checkpoint = killed_at(killed, tmp_path / "killed", 4)
+    finish(straight)
+    state = saved_positions(checkpoint)
+    deleted = []
+    for worker, position in state["workers"].items():
+        ds = WebDatasetCaptions(pattern, eval_transform(32), seed=0)
+        ds.set_epoch(position["epoch"])
+        for url in ds.my_units(int(worker), 2)[: position["unit"]]:
+            Path(url).unlink()
+            deleted.append(url)
+    assert deleted, f"no worker had passed a whole shard at {checkpoint}: {state}"
+    finish(pretrain(tmp_path / "killed", *data, "--resume_from_checkpoint", "latest"))
+    assert_same_run(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_webdataset_on_2_ddp_processes_x_2_workers_sigkill_resume_is_bitwise(tmp_path):
+    from ov2_plugin.data.webdataset_source import WebDatasetCaptions
+
+    # 16 shards of 4: every rank x worker reads 4 shards, 4 batches; no broken samples, so both ranks
+    # have the same number of batches and reach the end of the data together.
+    write_scene_shards(tmp_path / "shards", num_shards=16, samples_per_shard=4, image_size=32)
+    pattern = f"{tmp_path}/shards/{{00000..00015}}.tar"
+    data = ["--data", "webdataset", "--train_shards", pattern, "--shuffle_buffer", "5", "--max_steps", "8"]
+    straight = pretrain(tmp_path / "straight", *data, nproc=2)
+    killed = pretrain(tmp_path / "killed", *data, nproc=2, kill_at=4)
+    checkpoint = killed_at(killed, tmp_path / "killed", 4)
+    finish(straight)
+    deleted = []
+    for rank in range(2):
+        for worker, position in saved_positions(checkpoint, rank)["workers"].items():
+            ds = WebDatasetCaptions(pattern, eval_transform(32), seed=0, rank=rank, world_size=2)
+            ds.set_epoch(position["epoch"])
+            for url in ds.my_units(int(worker), 2)[: position["unit"]]:
+                Path(url).unlink()
+                deleted.append(url)
+    assert deleted
+    finish(pretrain(tmp_path / "killed", *data, "--resume_from_checkpoint", "latest", nproc=2))
+    assert_same_run(tmp_path / "straight", tmp_path / "killed", some_bad=False)
+    assert json.loads((tmp_path / "straight" / "report.json").read_text())["bad_samples"]["good_samples"] == 64
+
+
+def test_jsonl_inception_2_workers_sigkill_resume_is_bitwise_and_reads_no_trained_record(tmp_path):
+    from ov2_plugin.data.json_source import JsonCaptions
+
+    write_scene_json(tmp_path, 44, image_size=32, conversations=False)
+    records = json.loads((tmp_path / "captions.json").read_text())
+    (tmp_path / "images" / "000005.jpg").write_bytes(b"not a jpeg")
+    lines = [json.dumps(r) for r in records]
+    lines[9], lines[30] = "{not json", json.dumps({"image": "images/000030.jpg", "caption": " "})
+    path = tmp_path / "captions.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    steps = one_epoch_of_batches(JsonCaptions(path, tmp_path, eval_transform(32), seed=0))
+    data = ["--data", "json", "--json_path", str(path), "--image_root", str(tmp_path), "--max_steps", str(steps)]
+    straight = pretrain(tmp_path / "straight", *data)
+    killed = pretrain(tmp_path / "killed", *data, kill_at=4)
+    checkpoint = killed_at(killed, tmp_path / "killed", 4)
+    finish(straight)
+    broken = 0
+    for worker, position in saved_positions(checkpoint)["workers"].items():
+        ds = JsonCaptions(path, tmp_path, eval_transform(32), seed=0)
+        ds.set_epoch(position["epoch"])
+        for i in ds.my_units(int(worker), 2)[: position["unit"]]:
+            lines[int(i)] = "{this trained record must not be read again"
+            broken += 1
+    assert broken
+    path.write_text("\n".join(lines) + "\n")
+    finish(pretrain(tmp_path / "killed", *data, "--resume_from_checkpoint", "latest"))
+    assert_same_run(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_resuming_with_another_number_of_workers_is_refused_with_what_to_do(tmp_path):
+    from ov2_plugin.data.stream_state import StreamTracker, read_stream_state
+
+    tracker = StreamTracker(num_workers=2)
+    tracker.update({"epoch": 0, "worker": 1, "block": 0, "unit": 3, "offset": 0, "in_block": 1, "counter": {}})
+    tracker.save(tmp_path, rank=0, world_size=1)
+    assert read_stream_state(tmp_path, 0, 1, 2)["next_worker"] == 0
+    with pytest.raises(ValueError, match="1 process\\(es\\) x 2 loader worker.*this run has 2 x 2.*--dataloader_num_workers"):
+        read_stream_state(tmp_path, 0, 2, 2)
+    with pytest.raises(ValueError, match="this run has 1 x 4"):
+        read_stream_state(tmp_path, 0, 1, 4)
