@@ -1,6 +1,7 @@
 """The OpenVision-1-style baseline: OpenVision 2's captioner plus a CLIP text encoder and a contrastive loss.
 
-Written here, from our own modules, so that it runs on exactly the same kernels and takes the
+Built from our own modules (the text tower and the losses are the ``openvision`` pretraining
+objective's, ``ov2_plugin.baselines``), so that it runs on exactly the same kernels and takes the
 same optimisations (chunked head + loss, SDPA, autocast) as OpenVision 2: the comparison then
 measures the architecture, not two code bases. What it adds to OpenVision 2:
 - the caption decoder reads ALL patch tokens (keep_ratio 1.0, no token dropping);
@@ -19,52 +20,11 @@ import math
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ov2_plugin import Ov2Config, Ov2ForCaptioning
-from ov2_plugin.modeling_vision import Ov2Block
-
-
-class TextEncoder(nn.Module):
-    """Causal text transformer pooled at the last non-pad token, as CLIP's text tower."""
-
-    def __init__(self, config: Ov2Config, text_length: int, embed_dim: int) -> None:
-        super().__init__()
-        dec = config.decoder_config
-        self.embed_tokens = nn.Embedding(dec.vocab_size, dec.hidden_size)
-        self.position = nn.Parameter(torch.randn(text_length, dec.hidden_size) * 0.01)
-        self.layers = nn.ModuleList([Ov2Block(dec) for _ in range(dec.num_hidden_layers)])
-        self.norm = nn.LayerNorm(dec.hidden_size, eps=dec.layer_norm_eps)
-        self.projection = nn.Linear(dec.hidden_size, embed_dim, bias=False)
-        self.pad_token_id = dec.pad_token_id
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [B, L] -> text embeddings [B, P]."""
-        t = ids.shape[1]
-        x = self.embed_tokens(ids) + self.position[:t]  # [B, L, E]
-        causal = torch.ones(t, t, dtype=torch.bool, device=ids.device).tril()
-        for layer in self.layers:
-            x = layer(x, causal)
-        last = (ids != self.pad_token_id).sum(1).clamp(min=1) - 1  # [B] end-of-text position
-        pooled = self.norm(x[torch.arange(ids.shape[0], device=ids.device), last])  # [B, E]
-        return self.projection(pooled)
-
-
-def contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE over the batch (CLIP's loss) on L2-normalised embeddings."""
-    image, text = F.normalize(image.float(), dim=-1), F.normalize(text.float(), dim=-1)
-    logits = logit_scale.exp() * image @ text.t()  # [B, B]
-    target = torch.arange(image.shape[0], device=image.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
-
-
-def caption_loss(captioner: Ov2ForCaptioning, tokens: torch.Tensor, input_ids: torch.Tensor,
-                 labels: torch.Tensor) -> torch.Tensor:
-    """The caption loss exactly as ``Ov2ForCaptioning`` computes it (chunked head or plain, per its switch)."""
-    if captioner.fused_head_loss:
-        return captioner.decoder.loss(tokens, input_ids, labels)
-    logits = captioner.decoder(tokens, input_ids)  # [B, T, V]
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+from ov2_plugin.baselines.losses import caption_loss
+from ov2_plugin.baselines.losses import softmax_contrastive_loss as contrastive_loss
+from ov2_plugin.baselines.text_encoder import TextEncoder
 
 
 class Ov1StyleModel(nn.Module):
@@ -77,7 +37,7 @@ class Ov1StyleModel(nn.Module):
         self.captioner = Ov2ForCaptioning(config)
         embed_dim = config.vision_config.hidden_size
         self.image_projection = nn.Linear(config.vision_config.hidden_size, embed_dim, bias=False)
-        self.text_encoder = TextEncoder(config, text_length, embed_dim)
+        self.text_encoder = TextEncoder(config.decoder_config, text_length, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         self.text_length = text_length
         self.num_captions = num_captions
