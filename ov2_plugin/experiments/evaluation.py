@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -83,10 +84,35 @@ def make_llava_language_model(out: Path, cfg: dict, seed: int) -> Path:
 
 def llava(tower: Path, lm: Path, data: Path, out: Path, cfg: dict, seed: int, image_size: int) -> dict:
     """Stage 1 + LoRA stage 2 (``end_to_end.run_pipeline``), then held-out accuracy per question type."""
-    from ..llava.end_to_end import run_pipeline
+    from ..llava import end_to_end
 
-    merged = run_pipeline(tower, lm, data, out, {**cfg, "seed": seed})
+    with _on_gpu_when_there_is_one():
+        merged = end_to_end.run_pipeline(tower, lm, data, out, {**cfg, "seed": seed})
     return answer_accuracy(merged, cfg["eval_scenes"], image_size)
+
+
+@contextmanager
+def _on_gpu_when_there_is_one():
+    """``end_to_end.run_pipeline`` passes ``--use_cpu true`` (the end-to-end run is a CPU recipe);
+    with a GPU present, this turns that one flag off for its ``ov2 llava-train`` calls, so the GPU
+    recipe trains LLaVA on the GPU with exactly the same stages and settings."""
+    from ..llava import train
+
+    if not torch.cuda.is_available():
+        yield
+        return
+    real = train.main
+
+    def on_gpu(argv):
+        argv = list(argv)
+        i = argv.index("--use_cpu")
+        return real(argv[:i] + ["--use_cpu", "false"] + argv[i + 2:])
+
+    train.main = on_gpu
+    try:
+        yield
+    finally:
+        train.main = real
 
 
 def held_out_questions(num_scenes: int) -> list[tuple[str, dict]]:
@@ -104,7 +130,8 @@ def answer_accuracy(model_dir: Path, num_scenes: int, image_size: int, batch: in
     from ..llava.build import load_llava
 
     model, processor = load_llava(model_dir)
-    model.eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model.eval().to(device)
     processor.tokenizer.padding_side = "left"
     items = held_out_questions(num_scenes)
     hits, totals = defaultdict(int), defaultdict(int)
@@ -113,7 +140,7 @@ def answer_accuracy(model_dir: Path, num_scenes: int, image_size: int, batch: in
         texts = [processor.apply_chat_template([{"role": "user", "content": r["conversations"][0]["value"]}],
                                                add_generation_prompt=True) for _, r in chunk]
         images = [_record_scene(r).render(image_size) for _, r in chunk]
-        inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
+        inputs = processor(images=images, text=texts, return_tensors="pt", padding=True).to(device)
         generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         answers = processor.batch_decode(generated[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)
         for (task, r), answer in zip(chunk, answers):
