@@ -90,15 +90,16 @@ def count_flops(recipe: dict) -> dict:
     return {"step_flops": per_step, "budget_flops": budget, "steps": steps}
 
 
-def count_flops_apart(recipe: dict) -> dict:
-    """``count_flops`` in a child process. Why: after open_clip's CoCa ran forward + backward under
-    ``FlopCounterMode``, a CoCa trained later in the same process went to NaN within two steps
-    (seen with torch 2.14.1; the caption and contrastive models were unaffected); a separate
-    process keeps whatever state that leaves out of the trainings."""
+def in_child(fn, *args):
+    """``fn(*args)`` in a fresh (spawned) process. Why: open_clip's CoCa went to NaN at step 1 or 2
+    when trained in a process that had already run other units (after ``FlopCounterMode`` had
+    counted a CoCa step; and after the other objectives' pretrainings and LLaVA runs), while the
+    same run in a fresh process trains normally (torch 2.14.1; cause not found). A child per
+    pretraining also makes its peak memory its own."""
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
-        return pool.apply(count_flops, (recipe,))
+        return pool.apply(fn, args)
 
 
 def run_pretrain(recipe: dict, objective: str, seed: int, steps: int, step_flops: float, tower: Path) -> dict:
@@ -131,7 +132,7 @@ def plan(recipe: dict, seeds: list[int], out: Path) -> list[tuple[str, Path, cal
 
     size, units = recipe["model"]["image_size"], []
     flops_file, data = out / "flops.json", out / "llava_data"
-    units.append(("count training FLOPs", flops_file, lambda: count_flops_apart(recipe)))
+    units.append(("count training FLOPs", flops_file, lambda: in_child(count_flops, recipe)))
     units.append(("write LLaVA data", data / "done.json",
                   lambda: (evaluation.make_llava_data(data, recipe["llava"], size), {"folder": str(data)})[1]))
     for seed in seeds:
@@ -144,7 +145,7 @@ def plan(recipe: dict, seeds: list[int], out: Path) -> list[tuple[str, Path, cal
 
             def pretrain(o=o, seed=seed, tower=tower):
                 flops = json.loads(flops_file.read_text())
-                return run_pretrain(recipe, o, seed, flops["steps"][o], flops["step_flops"][o], tower)
+                return in_child(run_pretrain, recipe, o, seed, flops["steps"][o], flops["step_flops"][o], tower)
 
             units.append((f"seed {seed}: {o}: pretrain", d / "pretrain.json", pretrain))
             units.append((f"seed {seed}: {o}: probes", d / "probe.json",
