@@ -64,14 +64,15 @@ def tower_features(path: str | Path, seed: int, num_scenes: int, layer: int = -2
 
     from ..loading import load_vision_model
 
-    model = load_vision_model(path).eval()
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # a B/16 tower's probe takes minutes on a CPU
+    model = load_vision_model(path).eval().to(device)
     processor = AutoImageProcessor.from_pretrained(path)
     size = model.config.image_size
     out = []
     for start in range(0, num_scenes, batch):
         images = [scene_of(scenes, seed, i, split).render(size) for i in range(start, min(num_scenes, start + batch))]
-        pixels = processor(images, return_tensors="pt")["pixel_values"]
-        out.append(model(pixels, output_hidden_states=layer).hidden_states[layer][:, 1:])
+        pixels = processor(images, return_tensors="pt")["pixel_values"].to(device)
+        out.append(model(pixels, output_hidden_states=layer).hidden_states[layer][:, 1:].float().cpu())
     return torch.cat(out)
 
 

@@ -1,0 +1,229 @@
+"""Caption-only against contrastive pretraining at equal cost, judged downstream: ``ov2 compare``.
+
+    ov2 compare --recipe cpu --output_dir runs/compare --seeds 0 1 2
+    python -m ov2_plugin.experiments.objectives --recipe micro --output_dir /tmp/c   # smoke test
+
+For each seed and objective (``caption`` = OpenVision 2, ``openvision``, ``clip``, ``coca``;
+``ov2_plugin/baselines``): ``ov2 pretrain --objective`` on the same data (mixed shapes + reading
+scenes), ViT, trainer and optimiser, for the number of steps that spends the recipe's FLOP budget
+(``cost.py``); then the same evaluations for every tower (``evaluation.py``): linear probes,
+zero-shot retrieval where there is a text tower, the LLaVA pipeline. Writes ``compare.json``,
+``compare.md`` and ``compare.png`` in ``--output_dir``.
+
+Resumable: every finished unit (FLOP count, data, language model, a pretraining, a probe, a
+retrieval, a LLaVA run) leaves a JSON record, written whole or not at all; a rerun with the same
+folder skips those and redoes only the unit that was interrupted. Seeded: ``--seeds`` sets the
+weights' initialisation, training order and the LLaVA language model; the data are the same for all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .recipes import load_comparison_recipe
+
+SETTINGS = "settings.json"
+
+
+def _write_json(path: Path, value: dict) -> None:
+    """Whole or not at all: a killed run never leaves half a record that a rerun would trust."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(value, indent=2))
+    tmp.replace(path)
+
+
+def claim_output_dir(out: Path, recipe: dict) -> None:
+    """One recipe per folder (seeds may be added later); a folder holding anything else is refused."""
+    stamp = out / SETTINGS
+    if stamp.is_file():
+        if json.loads(stamp.read_text()) != recipe:
+            raise ValueError(f"{out} holds a comparison with another recipe (see {stamp}); pass a new --output_dir.")
+        return
+    if out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty and holds no comparison; pass a new --output_dir.")
+    _write_json(stamp, recipe)
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def model_arguments(recipe: dict, objective: str):
+    from ..pretrain import ModelArguments
+
+    m = recipe["model"]
+    return ModelArguments(preset=m["preset"], keep_ratio=m["keep_ratio"], image_size=m["image_size"],
+                          config_overrides=m.get("config_overrides"), objective=objective)
+
+
+def count_flops(recipe: dict) -> dict:
+    """Training FLOPs of one step of each objective on three real batches, and the steps the budget buys."""
+    from ..data.captions import CaptionCollator, SceneCaptions
+    from ..data.transforms import eval_transform
+    from ..pretrain import build_model
+    from ..tokenization import build_caption_tokenizer
+    from .cost import caption_step_flops, step_flops
+
+    m, p, device = recipe["model"], recipe["pretrain"], _device()
+    data = SceneCaptions(p["train_samples"], m["image_size"], eval_transform(m["image_size"]), seed=0, kind=p["scene_kind"])
+    collate = CaptionCollator(build_caption_tokenizer())
+    b = p["batch"]
+    batches = [{k: v.to(device) for k, v in collate([data[i] for i in range(k * b, (k + 1) * b)]).items()} for k in range(3)]
+    per_step = {}
+    for objective in recipe["objectives"]:
+        torch.manual_seed(0)
+        model = build_model(model_arguments(recipe, objective)).to(device)
+        if objective == "caption":
+            per_step[objective] = caption_step_flops(model, batches, p.get("unmasked_tuning", 0.0))
+        else:
+            per_step[objective] = step_flops(model, batches)
+        del model
+    budget = per_step[recipe["budget"]["objective"]] * recipe["budget"]["steps"]
+    steps = {o: max(1, round(budget / f)) for o, f in per_step.items()}
+    return {"step_flops": per_step, "budget_flops": budget, "steps": steps}
+
+
+def in_child(fn, *args):
+    """``fn(*args)`` in a fresh (spawned) process. Why: open_clip's CoCa went to NaN at step 1 or 2
+    when trained in a process that had already run other units (after ``FlopCounterMode`` had
+    counted a CoCa step; and after the other objectives' pretrainings and LLaVA runs), while the
+    same run in a fresh process trains normally (torch 2.14.1; cause not found). A child per
+    pretraining also makes its peak memory its own."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def run_pretrain(recipe: dict, objective: str, seed: int, steps: int, step_flops: float, tower: Path) -> dict:
+    from ..pretrain import main as pretrain_main
+    from .cost import PeakMemory
+
+    shutil.rmtree(tower, ignore_errors=True)  # what an interrupted run left
+    m, p = recipe["model"], recipe["pretrain"]
+    flags = {"objective": objective, "preset": m["preset"], "keep_ratio": m["keep_ratio"], "image_size": m["image_size"],
+             "output_dir": tower, "max_steps": steps, "per_device_train_batch_size": p["batch"],
+             "learning_rate": p["learning_rate"], "warmup_steps": p["warmup_steps"], "scene_kind": p["scene_kind"],
+             "train_samples": p["train_samples"], "eval_samples": 0, "save_strategy": "no", "seed": seed,
+             "bf16": str(p["bf16"]).lower(), "dataloader_num_workers": p["dataloader_num_workers"],
+             "logging_steps": max(1, steps // 20), "use_cpu": str(_device() == "cpu").lower()}
+    if m.get("config_overrides"):
+        flags["config_overrides"] = m["config_overrides"]
+    if objective == "caption" and p.get("unmasked_tuning"):  # the other objectives never drop tokens
+        flags["unmasked_tuning"] = p["unmasked_tuning"]
+    start = time.time()
+    with PeakMemory() as memory:
+        report = pretrain_main([item for k, v in flags.items() for item in (f"--{k}", str(v))])
+    return {"steps": steps, "step_flops": step_flops, "train_flops": step_flops * steps, "wall_s": time.time() - start,
+            "train_runtime_s": report.get("train_runtime_s"), "train_loss": report.get("train_loss"),
+            "peak_mb": memory.peak_mb, "peak_rise_mb": memory.rise_mb, "memory_kind": memory.kind}
+
+
+def plan(recipe: dict, seeds: list[int], out: Path) -> list[tuple[str, Path, callable]]:
+    """Every unit of the comparison in order: (label, record path, function returning the record)."""
+    from . import evaluation
+
+    size, units = recipe["model"]["image_size"], []
+    flops_file, data = out / "flops.json", out / "llava_data"
+    units.append(("count training FLOPs", flops_file, lambda: in_child(count_flops, recipe)))
+    units.append(("write LLaVA data", data / "done.json",
+                  lambda: (evaluation.make_llava_data(data, recipe["llava"], size), {"folder": str(data)})[1]))
+    for seed in seeds:
+        root = out / f"seed{seed}"
+        lm = root / "lm"
+        units.append((f"seed {seed}: language model", root / "lm.json",
+                      lambda lm=lm, seed=seed: (evaluation.make_llava_language_model(lm, recipe["llava"], seed), {})[1]))
+        for o in recipe["objectives"]:
+            d, tower = root / o, root / o / "tower"
+
+            def pretrain(o=o, seed=seed, tower=tower):
+                flops = json.loads(flops_file.read_text())
+                return in_child(run_pretrain, recipe, o, seed, flops["steps"][o], flops["step_flops"][o], tower)
+
+            units.append((f"seed {seed}: {o}: pretrain", d / "pretrain.json", pretrain))
+            units.append((f"seed {seed}: {o}: probes", d / "probe.json",
+                          lambda tower=tower: evaluation.probes(tower, recipe["probe"])))
+            if o != "caption":  # OpenVision 2 has no text tower
+                units.append((f"seed {seed}: {o}: retrieval", d / "retrieval.json",
+                              lambda tower=tower: evaluation.retrieval(tower, recipe["retrieval"]["scenes"], size)))
+
+            def llava(o=o, seed=seed, tower=tower, d=d, lm=lm):
+                shutil.rmtree(d / "llava", ignore_errors=True)
+                return evaluation.llava(tower, lm, data, d / "llava", recipe["llava"], seed, size)
+
+            units.append((f"seed {seed}: {o}: LLaVA", d / "llava.json", llava))
+    return units
+
+
+def run_units(units: list, log=print) -> None:
+    """Run what is not done yet, with progress; each record is written when its unit has finished."""
+    start = time.time()
+    for i, (label, record, fn) in enumerate(units, 1):
+        head = f"[{i}/{len(units)} · {time.time() - start:.0f} s]"
+        if record.is_file():
+            log(f"{head} {label}: already done")
+            continue
+        log(f"{head} {label} ...")
+        t = time.time()
+        result = fn()
+        _write_json(record, {**result, "unit_s": time.time() - t})
+        log(f"{head} {label}: done in {time.time() - t:.0f} s")
+
+
+def collect(out: Path, recipe: dict) -> dict:
+    """runs[seed][objective][unit] from the records on disk (every finished seed folder)."""
+    runs = {}
+    for seed_dir in sorted(out.glob("seed*")):
+        per = {}
+        for o in recipe["objectives"]:
+            records = {u: json.loads((seed_dir / o / f"{u}.json").read_text())
+                       for u in ("pretrain", "probe", "retrieval", "llava") if (seed_dir / o / f"{u}.json").is_file()}
+            if records:
+                per[o] = records
+        runs[seed_dir.name] = per
+    return runs
+
+
+def write_outputs(out: Path, recipe: dict) -> dict:
+    from .report import markdown, plot, summarise
+
+    runs = collect(out, recipe)
+    summary = summarise(runs)
+    majority = next((r["probe"]["majority"] for per in runs.values() for r in per.values() if "probe" in r), None)
+    result = {"recipe": recipe, "flops": json.loads((out / "flops.json").read_text()), "summary": summary, "runs": runs}
+    _write_json(out / "compare.json", result)
+    (out / "compare.md").write_text(markdown(summary, recipe, majority))
+    plot(summary, out / "compare.png")
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description="Pretraining objectives at equal training FLOPs, judged downstream.")
+    p.add_argument("--recipe", default="cpu", help="cpu, gpu-B16, micro, or a JSON/YAML file (ov2_plugin/experiments/recipes.py).")
+    p.add_argument("--output_dir", default="runs/compare")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--objectives", nargs="+", default=None, choices=["caption", "openvision", "clip", "coca"],
+                   help="A subset of the recipe's objectives (part of the folder's settings).")
+    args = p.parse_args(argv)
+    recipe = load_comparison_recipe(args.recipe)
+    if args.objectives:
+        recipe["objectives"] = [o for o in recipe["objectives"] if o in args.objectives]
+    if recipe["budget"]["objective"] not in recipe["objectives"]:
+        raise ValueError(f"The budget is set by {recipe['budget']['objective']!r}, which --objectives leaves out.")
+    out = Path(args.output_dir)
+    claim_output_dir(out, recipe)
+    run_units(plan(recipe, args.seeds, out), log=lambda s: print(s, flush=True))
+    result = write_outputs(out, recipe)
+    print((out / "compare.md").read_text())
+    return result
+
+
+if __name__ == "__main__":
+    main()

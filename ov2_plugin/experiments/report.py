@@ -1,0 +1,101 @@
+"""The comparison's outputs: per-objective means and seed spread, a markdown table, a PNG plot."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+PROBE_TASKS = ("reading_seen", "reading_unseen", "count", "colour", "position", "presence")
+LLAVA_TASKS = ("letter_seen", "letter_unseen", "count", "colour", "position", "presence", "choice", "word")
+NAMES = {"caption": "OpenVision 2 (caption only)", "openvision": "OpenVision-1 style", "clip": "CLIP style (sigmoid)",
+         "coca": "CoCa (open_clip)"}
+
+
+def _spread(values: list[float]) -> dict:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return {"mean": None, "std": None, "n": 0}
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0, "n": len(values)}
+
+
+def summarise(runs: dict[str, dict[str, dict]]) -> dict:
+    """runs[seed][objective] = {'pretrain', 'probe', 'retrieval', 'llava'} -> per objective, mean/std over seeds."""
+    objectives = sorted({o for per_seed in runs.values() for o in per_seed}, key=list(NAMES).index)
+    out = {}
+    for o in objectives:
+        rows = [per_seed[o] for per_seed in runs.values() if o in per_seed]
+
+        def get(*keys, rows=rows) -> list:
+            return [_dig(r, keys) for r in rows]
+
+        out[o] = {
+            "cost": {k: _spread(get("pretrain", k)) for k in ("steps", "train_flops", "wall_s", "peak_mb")},
+            "probe_patch": {t: _spread(get("probe", "patch", t)) for t in PROBE_TASKS},
+            "probe_pooled": {t: _spread(get("probe", "pooled", t)) for t in PROBE_TASKS},
+            "llava": {t: _spread(get("llava", "per_task", t)) for t in LLAVA_TASKS},
+            "retrieval": {k: _spread(get("retrieval", k)) for k in ("image_to_text_r1", "text_to_image_r1")},
+        }
+    return out
+
+
+def _dig(record: dict, keys: tuple) -> float | None:
+    for k in keys:
+        if not isinstance(record, dict) or k not in record:
+            return None
+        record = record[k]
+    return record
+
+
+def _cell(s: dict, digits: int = 3) -> str:
+    if s["mean"] is None:
+        return "—"
+    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if s["n"] > 1 else f"{s['mean']:.{digits}f}"
+
+
+def markdown(summary: dict, settings: dict, majority: dict | None = None) -> str:
+    seeds = max((s["cost"]["steps"]["n"] for s in summary.values()), default=0)
+    lines = [f"Seeds: {seeds} (cells: mean ± standard deviation over seeds). Equal cost = equal counted training "
+             f"FLOPs ({settings['budget']['objective']} for {settings['budget']['steps']} steps).", "",
+             "| objective | steps | training TFLOPs | wall-clock s | peak memory MB | "
+             + " | ".join(f"probe {t}" for t in PROBE_TASKS) + " |", "|---" * (5 + len(PROBE_TASKS)) + "|"]
+    for o, s in summary.items():
+        c = s["cost"]
+        tflops = {**c["train_flops"], "mean": c["train_flops"]["mean"] / 1e12, "std": (c["train_flops"]["std"] or 0) / 1e12}
+        lines.append(f"| {NAMES.get(o, o)} | {_cell(c['steps'], 0)} | {_cell(tflops, 2)} | {_cell(c['wall_s'], 0)} | "
+                     f"{_cell(c['peak_mb'], 0)} | " + " | ".join(_cell(s["probe_patch"][t]) for t in PROBE_TASKS) + " |")
+    if majority:
+        lines.append("| majority answer | | | | | " + " | ".join(f"{majority.get(t, float('nan')):.3f}" for t in PROBE_TASKS) + " |")
+    lines += ["", "Probes of the pooled feature (the mean patch token):", "",
+              "| objective | " + " | ".join(PROBE_TASKS) + " |", "|---" * (1 + len(PROBE_TASKS)) + "|"]
+    for o, s in summary.items():
+        lines.append(f"| {NAMES.get(o, o)} | " + " | ".join(_cell(s["probe_pooled"][t]) for t in PROBE_TASKS) + " |")
+    lines += ["", "LLaVA (stage 1 + LoRA stage 2, held-out questions, exact match) and zero-shot retrieval (R@1):", "",
+              "| objective | " + " | ".join(LLAVA_TASKS) + " | image→text | text→image |",
+              "|---" * (3 + len(LLAVA_TASKS)) + "|"]
+    for o, s in summary.items():
+        lines.append(f"| {NAMES.get(o, o)} | " + " | ".join(_cell(s["llava"][t]) for t in LLAVA_TASKS) + " | "
+                     + " | ".join(_cell(s["retrieval"][k]) for k in ("image_to_text_r1", "text_to_image_r1")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, path: Path) -> None:
+    """Probe accuracy (patch view) per task against measured pretraining wall-clock, seed spread as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(11, 6.5), sharex=True)
+    for ax, task in zip(axes.flat, PROBE_TASKS):
+        for o, s in summary.items():
+            x, y = s["cost"]["wall_s"], s["probe_patch"][task]
+            if x["mean"] is None or y["mean"] is None:
+                continue
+            ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="o", capsize=3, label=NAMES.get(o, o))
+        ax.set(title=task, xlabel="pretraining wall-clock (s)", ylabel="probe accuracy")
+    axes.flat[0].legend(fontsize=7)
+    fig.suptitle("Equal training FLOPs: tower quality against measured cost")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
