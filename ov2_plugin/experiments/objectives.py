@@ -91,11 +91,10 @@ def count_flops(recipe: dict) -> dict:
 
 
 def in_child(fn, *args):
-    """``fn(*args)`` in a fresh (spawned) process. Why: open_clip's CoCa went to NaN at step 1 or 2
-    when trained in a process that had already run other units (after ``FlopCounterMode`` had
-    counted a CoCa step; and after the other objectives' pretrainings and LLaVA runs), while the
-    same run in a fresh process trains normally (torch 2.14.1; cause not found). A child per
-    pretraining also makes its peak memory its own."""
+    """``fn(*args)`` in a fresh (spawned) process, so each pretraining's peak memory is its own and
+    no state of one unit leaks into the next. (CoCa's NaN at step 1 in a long-running process, seen
+    before this, was open_clip leaving its decoder's ``text_projection`` as ``torch.empty``: whatever
+    freed memory held. ``baselines/coca.py`` now initialises it.)"""
     import multiprocessing
 
     with multiprocessing.get_context("spawn").Pool(1) as pool:
