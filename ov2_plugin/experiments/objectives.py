@@ -1,7 +1,7 @@
 """Caption-only against contrastive pretraining at equal cost, judged downstream: ``ov2 compare``.
 
     ov2 compare --recipe cpu --output_dir runs/compare --seeds 0 1 2
-    python -m ov2_plugin.experiments.objectives --recipe micro --output_dir /tmp/c   # smoke test
+    python -m ov2_plugin.experiments.objectives --recipe micro --output_dir runs/compare-micro   # smoke test
 
 For each seed and objective (``caption`` = OpenVision 2, ``openvision``, ``clip``, ``coca``;
 ``ov2_plugin/baselines``): ``ov2 pretrain --objective`` on the same data (mixed shapes + reading
