@@ -133,3 +133,15 @@ def test_coca_has_no_uninitialised_weights_under_full_determinism():
         torch.use_deterministic_algorithms(False)
     bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
     assert bad == []
+
+
+def test_coca_reloads_with_its_causal_masks(tmp_path, batch):
+    """open_clip keeps CoCa's causal masks as non-persistent buffers; a reloaded model (built on the
+    meta device, then filled from the file) must rebuild them, or its text embeddings are garbage."""
+    model = _small("coca").eval()
+    model.save_pretrained(tmp_path)
+    loaded = load_objective_model(tmp_path).eval()
+    for (name, a), (_, b) in zip(model.named_buffers(), loaded.named_buffers()):
+        assert torch.equal(a, b), name
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.embed_text(batch[1]), model.embed_text(batch[1]))

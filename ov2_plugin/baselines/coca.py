@@ -81,6 +81,17 @@ class CocaModel(Ov2PreTrainedModel):
     def _init_weights(self, module: nn.Module) -> None:
         """Nothing: open_clip's modules initialise themselves in their constructors (its own recipe)."""
 
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """As ``PreTrainedModel.from_pretrained``, then open_clip's causal masks rebuilt: they are
+        non-persistent buffers, so a model built on the meta device and loaded from a file would
+        keep uninitialised memory there (text embeddings turned NaN, retrieval fell to chance)."""
+        model = super().from_pretrained(*args, **kwargs)
+        text, decoder = model.coca.text, model.coca.text_decoder
+        text.attn_mask = text.build_causal_mask().to(text.attn_mask.device)
+        decoder.attn_mask = decoder.build_attention_mask().to(decoder.attn_mask.device)
+        return model
+
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 labels: torch.Tensor | None = None, **kwargs) -> ObjectiveOutput:
         """open_clip's CoCa forward and CoCaLoss on images [B, 3, H, W] and caption ids [B, T] (pad 0)."""
