@@ -8,12 +8,11 @@ unlike its training data tends to repeat a word to the length limit; these stop 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import torch
 from transformers import CLIPImageProcessor
 
-from .image_processing import make_image_processor
+from .image_processing import make_image_processor, saved_image_processor
 from .loading import load_captioner, load_image, resolve_model_path
 from .tokenization import build_caption_tokenizer
 
@@ -28,13 +27,6 @@ GENERATION_FLAGS = {
     "no_repeat_ngram_size": (int, "never repeat an n-gram of this size"),
     "length_penalty": (float, "beam search: score / length**penalty"),
 }
-
-
-def image_processor_for(model, folder: str | Path | None = None) -> CLIPImageProcessor:
-    """The processor saved with the model (a converted release's own preprocessing), else the default."""
-    if folder is not None and (resolve_model_path(folder) / "preprocessor_config.json").is_file():
-        return CLIPImageProcessor.from_pretrained(resolve_model_path(folder))
-    return make_image_processor(model.config.vision_config)
 
 
 def caption_images(model, images, max_new_tokens: int = 64, processor: CLIPImageProcessor | None = None, **generate_kwargs) -> list[str]:
@@ -61,7 +53,7 @@ def main(argv: list[str] | None = None) -> list[str]:
     generate_kwargs = {name: getattr(args, name) for name in GENERATION_FLAGS if getattr(args, name) not in (None, False)}
     torch.manual_seed(args.seed)
     with torch.inference_mode():
-        captions = caption_images(model, images, args.max_new_tokens, image_processor_for(model, args.model), **generate_kwargs)
+        captions = caption_images(model, images, args.max_new_tokens, saved_image_processor(resolve_model_path(args.model), model.config.vision_config), **generate_kwargs)
     for path, text in zip(args.images, captions):
         print(f"{path}\t{text}")
     return captions

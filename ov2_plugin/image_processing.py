@@ -6,6 +6,8 @@ We configure transformers' own ``CLIPImageProcessor`` rather than writing a proc
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from transformers import CLIPImageProcessor
 
 from .configuration import Ov2VisionConfig
@@ -27,3 +29,13 @@ def make_image_processor(config: Ov2VisionConfig, image_size: int | None = None)
         image_std=list(config.image_std),
         do_convert_rgb=True,
     )
+
+
+def saved_image_processor(folder: str | Path, config: Ov2VisionConfig):
+    """The processor saved with a checkpoint (its resolution; a converted release's own preprocessing),
+    else ``make_image_processor(config)``."""
+    if (Path(folder) / "preprocessor_config.json").is_file():
+        from transformers import AutoImageProcessor  # only when there is one: keeps the package import light
+
+        return AutoImageProcessor.from_pretrained(folder)
+    return make_image_processor(config)

@@ -138,9 +138,9 @@ def _weights_file(folder: Path) -> Path:
 
 def _check_release_folder(src: str | Path, folder: Path) -> None:
     """One line naming the missing file when a release folder is incomplete."""
-    present = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     if not folder.is_dir():
         raise FileNotFoundError(f"{str(src)!r} is not a folder; pass a release folder or hf-hub:org/name.")
+    present = {p.name for p in folder.iterdir()}
     if OPEN_CLIP_CONFIG not in present:
         found = sorted(present & {*OPEN_CLIP_WEIGHTS, DECODER_CONFIG, DECODER_WEIGHTS})
         raise FileNotFoundError(

@@ -22,7 +22,8 @@ MAX_NEW_TOKENS = 16
 
 
 def doc_to_visual(doc: dict) -> list:
-    return [doc["image"].convert("RGB")]
+    """The image as stored: the adapters decode it (``decode_image``: EXIF, transparency, 16 bit)."""
+    return [doc["image"]]
 
 
 def doc_to_text(doc: dict, lmms_eval_specific_kwargs: dict | None = None) -> str:

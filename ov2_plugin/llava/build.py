@@ -14,7 +14,6 @@ from pathlib import Path
 import torch
 from transformers import (
     AutoConfig,
-    AutoImageProcessor,
     AutoModelForCausalLM,
     AutoTokenizer,
     LlavaConfig,
@@ -24,7 +23,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from ..image_processing import make_image_processor
+from ..image_processing import make_image_processor, saved_image_processor
 from ..loading import load_vision_model
 from ..modeling_vision import Ov2VisionModel
 
@@ -104,13 +103,6 @@ def _prepare_tokenizer(tokenizer) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def _image_processor(vision_path: str | Path, vision_config):
-    """The image processor saved with the checkpoint (its resolution), else the release's preprocessing."""
-    if (Path(vision_path) / "preprocessor_config.json").is_file():
-        return AutoImageProcessor.from_pretrained(vision_path)
-    return make_image_processor(vision_config)
-
-
 def build_llava(
     vision: str | Path | Ov2VisionModel,
     language_model: str | Path | PretrainedConfig | dict,
@@ -134,7 +126,7 @@ def build_llava(
     _check_options(projector, vision_feature_select_strategy, vision_feature_layer, vcfg.num_hidden_layers)
     if image_processor is None:
         image_processor = (
-            make_image_processor(vcfg) if isinstance(vision, Ov2VisionModel) else _image_processor(vision, vcfg)
+            make_image_processor(vcfg) if isinstance(vision, Ov2VisionModel) else saved_image_processor(vision, vcfg)
         )
     lm, tokenizer = _load_language_model(language_model, tokenizer, dtype)
     tokenizer = _prepare_tokenizer(tokenizer)
@@ -244,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
         tower.config.image_size = args.image_size
         image_processor = make_image_processor(tower.config, args.image_size)
     else:
-        image_processor = _image_processor(args.vision_tower, tower.config)
+        image_processor = saved_image_processor(args.vision_tower, tower.config)
     model, processor = build_llava(
         tower,
         args.language_model,

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..configuration import Ov2Config, Ov2VisionConfig
-from ..image_processing import make_image_processor
+from ..image_processing import saved_image_processor
 from ..loading import checkpoint_model_type, load_vision_model
 
 PREFIX = "ov2:"
@@ -37,15 +37,6 @@ def read_vision_config(path: str | Path) -> Ov2VisionConfig:
     raise ValueError(
         f"{str(path)!r} holds a {model_type!r} checkpoint, not OpenVision 2; pass the folder of 'ov2 pretrain'."
     )
-
-
-def _image_processor(path: Path, config: Ov2VisionConfig):
-    """The saved processor when there is one (its resolution), else the release's preprocessing."""
-    if (path / "preprocessor_config.json").is_file():
-        from transformers import AutoImageProcessor
-
-        return AutoImageProcessor.from_pretrained(path)
-    return make_image_processor(config)
 
 
 class Ov2VisionTower(nn.Module):
@@ -77,7 +68,7 @@ class Ov2VisionTower(nn.Module):
         if self.is_loaded:
             return
         self.vision_tower = load_vision_model(self.path)
-        self.image_processor = _image_processor(self.path, self.vision_tower.config)
+        self.image_processor = saved_image_processor(self.path, self.vision_tower.config)
         self.vision_tower.requires_grad_(False)
         self.is_loaded = True
 
