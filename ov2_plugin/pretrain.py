@@ -324,6 +324,20 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
+def bf16_is_fast(device_type: str) -> bool:
+    """Whether bf16 autocast speeds training up on this device: on a GPU, and on CPUs with bf16 matmul
+    instructions (AVX512-BF16 or AMX).
+
+    Why not oneDNN's own ``_is_mkldnn_bf16_supported``: it also says yes on AVX-512 CPUs without them,
+    where bf16 is emulated; on one such 2-core machine the quickstart's step took 2.5 s in bf16
+    against 1.1 s in fp32.
+    """
+    if device_type == "cuda":
+        return True
+    cpu = torch.cpu
+    return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+
+
 def attention_kernels(device: torch.device):
     """The math attention kernel on a CPU, the default choice elsewhere.
 

@@ -17,14 +17,14 @@ from rich.table import Table
 
 from .caption import caption_images
 from .data.scenes import make_scene
-from .pretrain import DataArguments, ModelArguments, PretrainArguments, run_pretraining
+from .pretrain import DataArguments, ModelArguments, PretrainArguments, bf16_is_fast, run_pretraining
 
 
 def quickstart_arguments(
     output_dir: str, max_steps: int | None = None, eval_samples: int | None = None
 ) -> tuple[ModelArguments, DataArguments, PretrainArguments]:
-    """The built-in ``quickstart`` recipe; bf16 autocast where the CPU has native bf16 matmuls."""
-    bf16 = torch.cuda.is_available() or torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    """The built-in ``quickstart`` recipe; bf16 autocast where it is fast (a GPU, a CPU with bf16 matmul instructions)."""
+    bf16 = bf16_is_fast("cuda" if torch.cuda.is_available() else "cpu")
     train = PretrainArguments(output_dir=output_dir, use_cpu=not torch.cuda.is_available(), bf16=bf16, seed=0)
     if max_steps:
         train.max_steps = max_steps

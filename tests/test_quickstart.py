@@ -38,3 +38,17 @@ def test_quickstart_runs_and_reports(tmp_path, capsys):
     assert metrics["attributes_all_right"] == report["attributes_all_right"]
     assert (tmp_path / "sample_0.png").is_file()
     assert "Sample captions" in capsys.readouterr().out
+
+
+def test_bf16_only_where_the_cpu_has_bf16_matmul_instructions(monkeypatch):
+    # oneDNN reports bf16 support on any AVX-512 CPU, where it is emulated and slower than fp32
+    import torch
+
+    from ov2_plugin.pretrain import bf16_is_fast
+
+    for avx512_bf16, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert bf16_is_fast("cpu") is expected
+        assert quickstart_arguments("out")[2].bf16 is (expected or torch.cuda.is_available())
+    assert bf16_is_fast("cuda")

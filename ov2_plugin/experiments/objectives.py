@@ -102,6 +102,7 @@ def in_child(fn, *args):
 
 
 def run_pretrain(recipe: dict, objective: str, seed: int, steps: int, step_flops: float, tower: Path) -> dict:
+    from ..pretrain import bf16_is_fast
     from ..pretrain import main as pretrain_main
     from .cost import PeakMemory
 
@@ -111,7 +112,7 @@ def run_pretrain(recipe: dict, objective: str, seed: int, steps: int, step_flops
              "output_dir": tower, "max_steps": steps, "per_device_train_batch_size": p["batch"],
              "learning_rate": p["learning_rate"], "warmup_steps": p["warmup_steps"], "scene_kind": p["scene_kind"],
              "train_samples": p["train_samples"], "eval_samples": 0, "save_strategy": "no", "seed": seed,
-             "bf16": str(p["bf16"]).lower(), "dataloader_num_workers": p["dataloader_num_workers"],
+             "bf16": str(bf16_is_fast(_device()) if p["bf16"] == "auto" else p["bf16"]).lower(), "dataloader_num_workers": p["dataloader_num_workers"],
              "logging_steps": max(1, steps // 20), "use_cpu": str(_device() == "cpu").lower()}
     if m.get("config_overrides"):
         flags["config_overrides"] = m["config_overrides"]
@@ -205,7 +206,7 @@ def write_outputs(out: Path, recipe: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Pretraining objectives at equal training FLOPs, judged downstream.")
-    p.add_argument("--recipe", default="cpu", help="cpu, gpu-B16, micro, or a JSON/YAML file (ov2_plugin/experiments/recipes.py).")
+    p.add_argument("--recipe", default="cpu", help="cpu, cpu-short, gpu-B16, micro, or a JSON/YAML file (ov2_plugin/experiments/recipes.py).")
     p.add_argument("--output_dir", default="runs/compare")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--objectives", nargs="+", default=None, choices=["caption", "openvision", "clip", "coca"],

@@ -283,7 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output_dir", default="runs/llava-e2e")
     p.add_argument("--quick", action="store_true", help="Tiny smoke-test sizes (mechanics only).")
-    p.add_argument("--bf16", default="true", help="bf16 autocast for the OV2 pretraining (faster on CPUs with bf16).")
+    p.add_argument("--bf16", default="auto", choices=["auto", "true", "false"],
+                   help="bf16 autocast for the OV2 pretraining; auto: where the CPU has bf16 matmul instructions.")
     p.add_argument("--pretrained", default=None, help="Use this 'ov2 pretrain' output instead of pretraining here.")
     p.add_argument("--only", choices=["pretrained", "random"], default=None,
                    help="Run one pipeline; tables are written once both exist. Without it the random-tower "
@@ -301,7 +302,9 @@ def main(argv: list[str] | None = None) -> dict:
     pretrained = Path(args.pretrained or out / "ov2")
     claim_output_dir(out, cfg, pretrained, args.only)
     if not args.pretrained:
-        pretrain_tower(pretrained, cfg, args.bf16 == "true")
+        from ..pretrain import bf16_is_fast
+
+        pretrain_tower(pretrained, cfg, bf16_is_fast("cpu") if args.bf16 == "auto" else args.bf16 == "true")
     # shared inputs are made once, so a second process (--only) reuses them untouched
     control, lm, data = out / "random_tower", out / "lm", out / "data"
     if not (control / "config.json").is_file():
