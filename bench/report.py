@@ -65,7 +65,7 @@ def checkpointing_table(result: dict) -> str:
     modes = {"none": result["variants"], **result.get("checkpointed", {})}
     head = ("| variant | checkpointing | GFLOP/step (incl. recompute) | step s | samples/s | act. peak MiB measured "
             "| accounted: kept + recompute peak MiB | MiB per sample measured / accounted | largest batch "
-            "| % of matmul ceiling | MFU (vendor peak) | step / no ckpt | act. / OV1-2cap | batch / OV1-2cap | batch / CoCa |")
+            "| step s at largest | samples/s at largest | % of matmul ceiling | MFU (vendor peak) | step / no ckpt | act. / OV1-2cap | batch / OV1-2cap | batch / CoCa |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for mode, rows in modes.items():
         for name, r in rows.items():
@@ -77,6 +77,7 @@ def checkpointing_table(result: dict) -> str:
                 f"| {r['activation_peak_bytes'] / MIB:.0f} | {_fmt(acc and acc['peak_bytes'] / MIB, '.0f')} "
                 f"| {_fmt(r.get('activation_bytes_per_sample', 0) / MIB, '.1f')} / "
                 f"{_fmt(acc and acc['peak_bytes_per_sample'] / MIB, '.1f')} | {r.get('largest_batch', '-')} "
+                f"| {_fmt(r.get('largest_batch_step_s'), '.3f')} | {_fmt(r.get('largest_batch_samples_per_s'), '.1f')} "
                 f"| {100 * r['hardware_efficiency']:.0f} % | {'-' if mfu is None else f'{100 * mfu:.0f} %'} "
                 f"| {_fmt(plain and r['median_step_s'] / plain['median_step_s'])} "
                 f"| {_fmt(_ratio(rows, name, OV1_2, 'activation_peak_bytes'))} "

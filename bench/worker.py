@@ -169,7 +169,21 @@ def run(args: argparse.Namespace) -> dict:
     }
     if args.budget_gib:
         result.update(largest_batch(trainer, points, int(args.budget_gib * 2**30), cap=16 * args.batch))
+        result.update(time_largest_batch(trainer, result["largest_batch"], args.steps))
     return result
+
+
+def time_largest_batch(trainer: Trainer, batch_size: int, steps: int) -> dict:
+    """Step time and samples/s at the largest batch (one untimed step first: new shapes, new kernels)."""
+    batch = make_batch(trainer.shape, batch_size, seed=1, device=trainer.device)
+    times = []
+    for i in range(1 + steps):
+        start = time.perf_counter()
+        trainer.step(batch)
+        if i:
+            times.append(time.perf_counter() - start)
+    step = statistics.median(times)
+    return {"largest_batch_step_s": step, "largest_batch_samples_per_s": batch_size / step}
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
