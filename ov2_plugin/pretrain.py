@@ -26,6 +26,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .activation_checkpointing import MODES as CHECKPOINTING_MODES
+from .atomic_json import write_json_atomically
 from .checkpointing import NonFiniteLossError, Ov2Trainer, newest_complete_checkpoint
 from .configuration import Ov2Config
 from .data.bad_samples import COUNTS_FOLDER, collect_bad_samples
@@ -428,9 +429,7 @@ def run_pretraining(model_args: ModelArguments, data_args: DataArguments, train_
         if trainer.is_world_process_zero():
             record["bad_samples"] = collect_bad_samples(run_dir)
             if not single:  # written whole or not at all, like the checkpoints
-                tmp = done.with_suffix(".tmp")
-                tmp.write_text(json.dumps(record))
-                tmp.replace(done)
+                write_json_atomically(done, record)
         records.append(record)
         init_from = str(run_dir)
     return finish(trainer, records, data_args, train_args, tokenizer, out, single)

@@ -90,3 +90,16 @@ def test_counted_flops_follow_the_objective():
     recipe["pretrain"]["unmasked_tuning"] = 0.0
     assert count_flops(recipe)["step_flops"]["caption"] < flops["caption"]  # the unmasked finish costs more
     json.dumps(flops)
+
+
+def test_llava_runs_only_for_the_chosen_seeds(tmp_path):
+    from ov2_plugin.experiments.report import _cell
+
+    recipe = load_comparison_recipe("micro")
+    labels = [label for label, _, _ in plan(recipe, [0, 1, 2], tmp_path, llava_seeds=[0])]
+    assert sum(label.endswith(": LLaVA") for label in labels) == len(recipe["objectives"])
+    assert all(label.startswith("seed 0") for label in labels if label.endswith((": LLaVA", ": language model")))
+    assert sum(label.endswith(": probes") for label in labels) == 3 * len(recipe["objectives"])
+    assert len(plan(recipe, [0, 1, 2], tmp_path)) - len(labels) == 2 * (1 + len(recipe["objectives"]))
+    assert _cell({"mean": 0.5, "std": 0.0, "n": 1}, seeds=3) == "0.500 (n=1)"
+    assert _cell({"mean": 0.5, "std": 0.1, "n": 3}, seeds=3) == "0.500 ± 0.100"

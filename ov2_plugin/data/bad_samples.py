@@ -14,6 +14,8 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from ..atomic_json import write_json_atomically
+
 # The reasons a sample is skipped. ``truncated_tar`` counts shards that ended early (their
 # samples before the damage are kept); the others count samples.
 CORRUPT_IMAGE = "corrupt_image"  # not decodable: garbage bytes, a truncated file, HTML saved as .jpg
@@ -108,11 +110,8 @@ class BadSampleCounter:
     def flush(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(f".tmp{os.getpid()}")
         data = {"good": self.good, "counts": dict(self.counts), "examples": self.examples}
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.path)  # readers never see half a file
+        write_json_atomically(self.path, data)  # readers never see half a file
 
 
 def collect_bad_samples(report_dir: str | os.PathLike) -> dict:

@@ -26,17 +26,14 @@ from pathlib import Path
 
 import torch
 
+from ..atomic_json import write_json_atomically
 from .recipes import load_comparison_recipe
 
 SETTINGS = "settings.json"
 
 
 def _write_json(path: Path, value: dict) -> None:
-    """Whole or not at all: a killed run never leaves half a record that a rerun would trust."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(value, indent=2))
-    tmp.replace(path)
+    write_json_atomically(path, value, indent=2)
 
 
 def claim_output_dir(out: Path, recipe: dict) -> None:
@@ -126,8 +123,11 @@ def run_pretrain(recipe: dict, objective: str, seed: int, steps: int, step_flops
             "peak_mb": memory.peak_mb, "peak_rise_mb": memory.rise_mb, "memory_kind": memory.kind}
 
 
-def plan(recipe: dict, seeds: list[int], out: Path) -> list[tuple[str, Path, callable]]:
-    """Every unit of the comparison in order: (label, record path, function returning the record)."""
+def plan(recipe: dict, seeds: list[int], out: Path, llava_seeds: list[int] | None = None) -> list[tuple[str, Path, callable]]:
+    """Every unit of the comparison in order: (label, record path, function returning the record).
+
+    ``llava_seeds``: the seeds that also run the LLaVA pipeline (default: all), the costliest
+    evaluation after pretraining itself."""
     from . import evaluation
 
     size, units = recipe["model"]["image_size"], []
@@ -137,9 +137,10 @@ def plan(recipe: dict, seeds: list[int], out: Path) -> list[tuple[str, Path, cal
                   lambda: (evaluation.make_llava_data(data, recipe["llava"], size), {"folder": str(data)})[1]))
     for seed in seeds:
         root = out / f"seed{seed}"
-        lm = root / "lm"
-        units.append((f"seed {seed}: language model", root / "lm.json",
-                      lambda lm=lm, seed=seed: (evaluation.make_llava_language_model(lm, recipe["llava"], seed), {})[1]))
+        lm, with_llava = root / "lm", llava_seeds is None or seed in llava_seeds
+        if with_llava:
+            units.append((f"seed {seed}: language model", root / "lm.json",
+                          lambda lm=lm, seed=seed: (evaluation.make_llava_language_model(lm, recipe["llava"], seed), {})[1]))
         for o in recipe["objectives"]:
             d, tower = root / o, root / o / "tower"
 
@@ -158,7 +159,8 @@ def plan(recipe: dict, seeds: list[int], out: Path) -> list[tuple[str, Path, cal
                 shutil.rmtree(d / "llava", ignore_errors=True)
                 return evaluation.llava(tower, lm, data, d / "llava", recipe["llava"], seed, size)
 
-            units.append((f"seed {seed}: {o}: LLaVA", d / "llava.json", llava))
+            if with_llava:
+                units.append((f"seed {seed}: {o}: LLaVA", d / "llava.json", llava))
     return units
 
 
@@ -211,6 +213,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--objectives", nargs="+", default=None, choices=["caption", "openvision", "clip", "coca"],
                    help="A subset of the recipe's objectives (part of the folder's settings).")
+    p.add_argument("--llava_seeds", type=int, nargs="+", default=None,
+                   help="Run the LLaVA evaluation for these seeds only (default: every seed); rerun later with more to add them.")
     args = p.parse_args(argv)
     recipe = load_comparison_recipe(args.recipe)
     if args.objectives:
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise ValueError(f"The budget is set by {recipe['budget']['objective']!r}, which --objectives leaves out.")
     out = Path(args.output_dir)
     claim_output_dir(out, recipe)
-    run_units(plan(recipe, args.seeds, out), log=lambda s: print(s, flush=True))
+    run_units(plan(recipe, args.seeds, out, args.llava_seeds), log=lambda s: print(s, flush=True))
     result = write_outputs(out, recipe)
     print((out / "compare.md").read_text())
     return result

@@ -47,10 +47,12 @@ def _dig(record: dict, keys: tuple) -> float | None:
     return record
 
 
-def _cell(s: dict, digits: int = 3) -> str:
+def _cell(s: dict, digits: int = 3, seeds: int = 0) -> str:
+    """mean ± std; ``seeds``: the table's seed count, named in the cell when fewer seeds ran this one."""
     if s["mean"] is None:
         return "—"
-    return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if s["n"] > 1 else f"{s['mean']:.{digits}f}"
+    text = f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}" if s["n"] > 1 else f"{s['mean']:.{digits}f}"
+    return text + (f" (n={s['n']})" if s["n"] < seeds else "")
 
 
 def markdown(summary: dict, settings: dict, majority: dict | None = None) -> str:
@@ -74,7 +76,7 @@ def markdown(summary: dict, settings: dict, majority: dict | None = None) -> str
               "| objective | " + " | ".join(LLAVA_TASKS) + " | image→text | text→image |",
               "|---" * (3 + len(LLAVA_TASKS)) + "|"]
     for o, s in summary.items():
-        lines.append(f"| {NAMES.get(o, o)} | " + " | ".join(_cell(s["llava"][t]) for t in LLAVA_TASKS) + " | "
+        lines.append(f"| {NAMES.get(o, o)} | " + " | ".join(_cell(s["llava"][t], seeds=seeds) for t in LLAVA_TASKS) + " | "
                      + " | ".join(_cell(s["retrieval"][k]) for k in ("image_to_text_r1", "text_to_image_r1")) + " |")
     return "\n".join(lines) + "\n"
 
