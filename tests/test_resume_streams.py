@@ -87,15 +87,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# A guard against a hung run, not a timing check: a CI run on a loaded 2-core CPU without bf16
+# instructions once took over 400 s for two 2-process runs side by side.
+RUN_TIMEOUT_S = 1200
+
+
 def finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=400)
+    out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
     assert proc.returncode == 0, out[-3000:]
     return out
 
 
 def killed_at(proc: subprocess.Popen, run_dir: Path, step: int) -> str:
     """Wait for the killed run; its newest complete checkpoint is ``step`` and it did not finish."""
-    out, _ = proc.communicate(timeout=400)
+    out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
     assert proc.returncode != 0, "the run was not killed: " + out[-2000:]
     assert not (run_dir / "model.safetensors").exists(), "the run finished before it was killed"
     assert newest_complete_checkpoint(run_dir) == str(run_dir / f"checkpoint-{step}"), out[-2000:]
