@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -76,7 +77,8 @@ def pretrain(out: Path, *extra: str, nproc: int = 1, kill_at: int | None = None,
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
                 *launcher_flags]
     cmd = [sys.executable, *(launcher if nproc > 1 else []), *entry, "--output_dir", str(out), *RUN, *extra]
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group: a hung run is killed whole
 
 
 def free_port() -> int:
@@ -92,15 +94,25 @@ def free_port() -> int:
 RUN_TIMEOUT_S = 1200
 
 
+def _communicate(proc: subprocess.Popen) -> str:
+    """The run's output; a run past the guard is killed with its workers (no orphans eat the next tests' CPU)."""
+    try:
+        return proc.communicate(timeout=RUN_TIMEOUT_S)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+
+
 def finish(proc: subprocess.Popen) -> str:
-    out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+    out = _communicate(proc)
     assert proc.returncode == 0, out[-3000:]
     return out
 
 
 def killed_at(proc: subprocess.Popen, run_dir: Path, step: int) -> str:
     """Wait for the killed run; its newest complete checkpoint is ``step`` and it did not finish."""
-    out, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+    out = _communicate(proc)
     assert proc.returncode != 0, "the run was not killed: " + out[-2000:]
     assert not (run_dir / "model.safetensors").exists(), "the run finished before it was killed"
     assert newest_complete_checkpoint(run_dir) == str(run_dir / f"checkpoint-{step}"), out[-2000:]

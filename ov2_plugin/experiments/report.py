@@ -64,20 +64,20 @@ def markdown(summary: dict, settings: dict, majority: dict | None = None) -> str
     for o, s in summary.items():
         c = s["cost"]
         tflops = {**c["train_flops"], "mean": c["train_flops"]["mean"] / 1e12, "std": (c["train_flops"]["std"] or 0) / 1e12}
-        lines.append(f"| {NAMES.get(o, o)} | {_cell(c['steps'], 0)} | {_cell(tflops, 2)} | {_cell(c['wall_s'], 0)} | "
-                     f"{_cell(c['peak_mb'], 0)} | " + " | ".join(_cell(s["probe_patch"][t]) for t in PROBE_TASKS) + " |")
+        lines.append(f"| {NAMES.get(o, o)} | {_cell(c['steps'], 0, seeds)} | {_cell(tflops, 2)} | {_cell(c['wall_s'], 0)} | "
+                     f"{_cell(c['peak_mb'], 0)} | " + " | ".join(_cell(s["probe_patch"][t], seeds=seeds) for t in PROBE_TASKS) + " |")
     if majority:
         lines.append("| majority answer | | | | | " + " | ".join(f"{majority.get(t, float('nan')):.3f}" for t in PROBE_TASKS) + " |")
     lines += ["", "Probes of the pooled feature (the mean patch token):", "",
               "| objective | " + " | ".join(PROBE_TASKS) + " |", "|---" * (1 + len(PROBE_TASKS)) + "|"]
     for o, s in summary.items():
-        lines.append(f"| {NAMES.get(o, o)} | " + " | ".join(_cell(s["probe_pooled"][t]) for t in PROBE_TASKS) + " |")
+        lines.append(f"| {NAMES.get(o, o)} | " + " | ".join(_cell(s["probe_pooled"][t], seeds=seeds) for t in PROBE_TASKS) + " |")
     lines += ["", "LLaVA (stage 1 + LoRA stage 2, held-out questions, exact match) and zero-shot retrieval (R@1):", "",
               "| objective | " + " | ".join(LLAVA_TASKS) + " | image→text | text→image |",
               "|---" * (3 + len(LLAVA_TASKS)) + "|"]
     for o, s in summary.items():
         lines.append(f"| {NAMES.get(o, o)} | " + " | ".join(_cell(s["llava"][t], seeds=seeds) for t in LLAVA_TASKS) + " | "
-                     + " | ".join(_cell(s["retrieval"][k]) for k in ("image_to_text_r1", "text_to_image_r1")) + " |")
+                     + " | ".join(_cell(s["retrieval"][k], seeds=seeds) for k in ("image_to_text_r1", "text_to_image_r1")) + " |")
     return "\n".join(lines) + "\n"
 
 
