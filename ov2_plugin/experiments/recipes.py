@@ -55,9 +55,9 @@ RECIPES: dict[str, dict] = {
     },
 }
 
-# ``cpu`` at a quarter of the budget and a third of the LLaVA steps: three seeds in about two hours
-# on 2 cores whose CPU has no bf16 matmul instructions (fp32 there is 2.4x faster than emulated bf16,
-# and ``cpu``'s single seed takes about 2 hours).
+# ``cpu`` at a quarter of the budget and a third of the LLaVA steps, for 2 cores whose CPU has no bf16
+# matmul instructions (fp32 there, 2.3x faster than emulated bf16): one seed with LLaVA took 96 min on
+# such a shared machine, where ``cpu``'s would take about 4 times the pretraining (docs/objectives.md).
 RECIPES["cpu-short"] = copy.deepcopy(RECIPES["cpu"])
 RECIPES["cpu-short"]["budget"]["steps"] = 300
 RECIPES["cpu-short"]["llava"].update(stage2_steps=100)
