@@ -37,6 +37,7 @@ from ov2_plugin.data.scene_shards import write_scene_shards
 from ov2_plugin.data.transforms import train_transform
 from ov2_plugin.data.webdataset_source import WebDatasetCaptions
 from ov2_plugin.modeling_captioner import Ov2ForCaptioning
+from ov2_plugin.pretrain import bf16_is_fast
 from ov2_plugin.tokenization import build_caption_tokenizer
 
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results"))
     args = parser.parse_args(argv)
     threads = torch.get_num_threads()
-    bf16 = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    bf16 = bf16_is_fast("cpu")  # as ov2 pretrain's recipes choose: emulated bf16 is slower than fp32
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "torch_threads": threads, "bf16": bf16, "cpu": platform.processor(),
                     "load_average_at_start": os.getloadavg()},

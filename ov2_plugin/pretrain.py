@@ -339,6 +339,13 @@ def bf16_is_fast(device_type: str) -> bool:
     return any(getattr(cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
+def resolve_bf16(value: bool | str, device_type: str) -> bool:
+    """A recipe's or flag's bf16 setting: ``"auto"`` asks ``bf16_is_fast``; true/false as given."""
+    if value == "auto":
+        return bf16_is_fast(device_type)
+    return value if isinstance(value, bool) else value.lower() == "true"
+
+
 def attention_kernels(device: torch.device):
     """The math attention kernel on a CPU, the default choice elsewhere.
 

@@ -44,7 +44,7 @@ def test_bf16_only_where_the_cpu_has_bf16_matmul_instructions(monkeypatch):
     # oneDNN reports bf16 support on any AVX-512 CPU, where it is emulated and slower than fp32
     import torch
 
-    from ov2_plugin.pretrain import bf16_is_fast
+    from ov2_plugin.pretrain import bf16_is_fast, resolve_bf16
 
     for avx512_bf16, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
@@ -52,3 +52,5 @@ def test_bf16_only_where_the_cpu_has_bf16_matmul_instructions(monkeypatch):
         assert bf16_is_fast("cpu") is expected
         assert quickstart_arguments("out")[2].bf16 is (expected or torch.cuda.is_available())
     assert bf16_is_fast("cuda")
+    assert resolve_bf16("auto", "cuda") and resolve_bf16(True, "cpu") and resolve_bf16("true", "cpu")
+    assert not resolve_bf16("false", "cuda") and not resolve_bf16(False, "cuda")

@@ -99,8 +99,8 @@ def in_child(fn, *args):
 
 
 def run_pretrain(recipe: dict, objective: str, seed: int, steps: int, step_flops: float, tower: Path) -> dict:
-    from ..pretrain import bf16_is_fast
     from ..pretrain import main as pretrain_main
+    from ..pretrain import resolve_bf16
     from .cost import PeakMemory
 
     shutil.rmtree(tower, ignore_errors=True)  # what an interrupted run left
@@ -109,7 +109,7 @@ def run_pretrain(recipe: dict, objective: str, seed: int, steps: int, step_flops
              "output_dir": tower, "max_steps": steps, "per_device_train_batch_size": p["batch"],
              "learning_rate": p["learning_rate"], "warmup_steps": p["warmup_steps"], "scene_kind": p["scene_kind"],
              "train_samples": p["train_samples"], "eval_samples": 0, "save_strategy": "no", "seed": seed,
-             "bf16": str(bf16_is_fast(_device()) if p["bf16"] == "auto" else p["bf16"]).lower(), "dataloader_num_workers": p["dataloader_num_workers"],
+             "bf16": str(resolve_bf16(p["bf16"], _device())).lower(), "dataloader_num_workers": p["dataloader_num_workers"],
              "logging_steps": max(1, steps // 20), "use_cpu": str(_device() == "cpu").lower()}
     if m.get("config_overrides"):
         flags["config_overrides"] = m["config_overrides"]

@@ -302,9 +302,9 @@ def main(argv: list[str] | None = None) -> dict:
     pretrained = Path(args.pretrained or out / "ov2")
     claim_output_dir(out, cfg, pretrained, args.only)
     if not args.pretrained:
-        from ..pretrain import bf16_is_fast
+        from ..pretrain import resolve_bf16
 
-        pretrain_tower(pretrained, cfg, bf16_is_fast("cpu") if args.bf16 == "auto" else args.bf16 == "true")
+        pretrain_tower(pretrained, cfg, resolve_bf16(args.bf16, "cpu"))
     # shared inputs are made once, so a second process (--only) reuses them untouched
     control, lm, data = out / "random_tower", out / "lm", out / "data"
     if not (control / "config.json").is_file():
