@@ -196,14 +196,16 @@ def test_a_rank_killed_under_torchrun_max_restarts_recovers_by_itself_to_the_uni
     """No flag changed by hand: ``--resume_from_checkpoint latest`` is on from the start (a fresh run when
     there is no checkpoint), and torchrun's restart of the group finds the newest complete one.
 
-    One rank is killed once; restarts beyond the first are allowed because on a loaded 2-core machine
-    gloo's connection set-up in a restarted group was once refused (seen 1 in 3 runs), a launcher
-    matter, not the resume's."""
+    One rank is killed once; restarts beyond the first are allowed because gloo's connection set-up in
+    a restarted group is sometimes refused (seen 1 in 3 runs) or hangs in ``init_process_group`` (seen
+    twice in full CI runs on a 2-core machine: the group waited past the test's guard), a launcher
+    matter, not the resume's. ``--ddp_timeout 120`` turns such a hang into an error, and so into one
+    more restart, instead of gloo's 30-minute default wait."""
     write_scene_shards(tmp_path / "shards", num_shards=16, samples_per_shard=4, image_size=32)
     data = ["--data", "webdataset", "--train_shards", f"{tmp_path}/shards/{{00000..00015}}.tar", "--shuffle_buffer", "5",
             "--max_steps", "8", "--resume_from_checkpoint", "latest"]
     straight = pretrain(tmp_path / "straight", *data, nproc=2)
-    restarted = pretrain(tmp_path / "restarted", *data, nproc=2, kill_at=4, kill_rank=1,
+    restarted = pretrain(tmp_path / "restarted", *data, "--ddp_timeout", "120", nproc=2, kill_at=4, kill_rank=1,
                          launcher_flags=("--max-restarts", "3"))
     log = finish(restarted)
     finish(straight)
