@@ -64,7 +64,8 @@ def checkpointing_table(result: dict) -> str:
     """Every variant with and without checkpointing: measured beside accounted, ratios to OV1-2cap in the same mode."""
     modes = {"none": result["variants"], **result.get("checkpointed", {})}
     head = ("| variant | checkpointing | GFLOP/step (incl. recompute) | step s | samples/s | act. peak MiB measured "
-            "| accounted: kept + recompute peak MiB | MiB per sample measured / accounted | largest batch "
+            "| allocator MiB: end of forward / peak | accounted MiB: kept / + recompute peak "
+            "| MiB per sample measured / accounted | largest batch "
             "| step s at largest | samples/s at largest | % of matmul ceiling | MFU (vendor peak) | step / no ckpt | act. / OV1-2cap | batch / OV1-2cap | batch / CoCa |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for mode, rows in modes.items():
@@ -72,9 +73,12 @@ def checkpointing_table(result: dict) -> str:
             acc = _accounted(result, name, mode)
             plain = result["variants"].get(name)
             mfu = r.get("mfu_vendor_peak")
+            alloc = r.get("allocated", {}).get(str(result["batch_size"]))
             lines.append(
                 f"| {name} | {mode} | {r['flops_per_step'] / 1e9:.1f} | {r['median_step_s']:.3f} | {r['samples_per_s']:.2f} "
-                f"| {r['activation_peak_bytes'] / MIB:.0f} | {_fmt(acc and acc['peak_bytes'] / MIB, '.0f')} "
+                f"| {r['activation_peak_bytes'] / MIB:.0f} "
+                f"| {_fmt(alloc and alloc['kept_bytes'] / MIB, '.0f')} / {_fmt(alloc and alloc['peak_bytes'] / MIB, '.0f')} "
+                f"| {_fmt(acc and acc['activation_bytes'] / MIB, '.0f')} / {_fmt(acc and acc['peak_bytes'] / MIB, '.0f')} "
                 f"| {_fmt(r.get('activation_bytes_per_sample', 0) / MIB, '.1f')} / "
                 f"{_fmt(acc and acc['peak_bytes_per_sample'] / MIB, '.1f')} | {r.get('largest_batch', '-')} "
                 f"| {_fmt(r.get('largest_batch_step_s'), '.3f')} | {_fmt(r.get('largest_batch_samples_per_s'), '.1f')} "

@@ -91,15 +91,20 @@ class Trainer:
         self.setup = reset_peak(self.device)
         self.state_bytes = self.setup - before
 
-    def step(self, batch: dict) -> float:
+    def forward(self, batch: dict) -> torch.Tensor:
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.args.precision == "bf16" else nullcontext()
         kernels = sdpa_kernel([SDPBackend.MATH]) if self.args.attention == "math" else nullcontext()
         with autocast, kernels:
-            loss = self.loss_fn(batch)
+            return self.loss_fn(batch)
+
+    def backward_and_update(self, loss: torch.Tensor) -> float:
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=False)
         return loss.item()  # .item() synchronises, so the step is fully timed
+
+    def step(self, batch: dict) -> float:
+        return self.backward_and_update(self.forward(batch))
 
     def activation_peak(self, batch_size: int) -> int:
         """Peak memory above post-setup during one step at ``batch_size`` (peak counter reset first)."""
@@ -107,6 +112,46 @@ class Trainer:
         reset_peak(self.device)
         self.step(batch)
         return peak(self.device) - self.setup
+
+
+def allocated_during_step(trainer: Trainer, batch_size: int) -> dict:
+    """Bytes the allocator holds for the step above the level before it: at the end of the forward
+    pass (what is kept for backward, the figure ``bench/memory.py`` accounts) and at the step's peak.
+
+    On a GPU ``memory_allocated`` / ``max_memory_allocated``. On a CPU, where torch keeps no such
+    counter, the profiler's memory events carry the CPU allocator's running total
+    (``total_allocated``), unlike the RSS high-water mark free of what glibc keeps mapped.
+    """
+    batch = make_batch(trainer.shape, batch_size, seed=0, device=trainer.device)
+    if trainer.device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        loss = trainer.forward(batch)
+        kept = torch.cuda.memory_allocated() - before
+        trainer.backward_and_update(loss)
+        return {"kept_bytes": kept, "peak_bytes": torch.cuda.max_memory_allocated() - before}
+    from torch._C._profiler import _EventType
+    from torch.profiler import ProfilerActivity, profile
+
+    def totals(prof) -> list[tuple[int, int, int]]:  # (time, size, allocator total after it), in time order
+        events, stack = [], list(prof.profiler.kineto_results.experimental_event_tree())
+        while stack:
+            node = stack.pop()
+            if node.tag == _EventType.Allocation:
+                events.append((node.start_time_ns, node.extra_fields.alloc_size, node.extra_fields.total_allocated))
+            stack.extend(node.children)
+        return sorted(events)
+
+    # Two sessions: the allocator's total runs on across them, so the first one's last value is the
+    # level at the end of the forward pass.
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as fwd:
+        loss = trainer.forward(batch)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as bwd:
+        trainer.backward_and_update(loss)
+    forward, backward = totals(fwd), totals(bwd)
+    before = forward[0][2] - forward[0][1]
+    return {"kept_bytes": forward[-1][2] - before, "peak_bytes": max(t for _, _, t in forward + backward) - before}
 
 
 def largest_batch(trainer: Trainer, points: dict[int, int], budget: int, cap: int) -> dict:
@@ -158,6 +203,7 @@ def run(args: argparse.Namespace) -> dict:
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     points[args.batch] = peak(device) - trainer.setup
+    allocated = {str(b): allocated_during_step(trainer, b) for b in (small, args.batch)}
     result = {
         "variant": args.variant, "shape": args.shape, "batch_size": args.batch, "precision": args.precision,
         "device": str(device), "optimizer": args.optimizer, "fused_head_loss": not args.no_fused_loss,
@@ -165,7 +211,7 @@ def run(args: argparse.Namespace) -> dict:
         "params": sum(p.numel() for p in trainer.params), "flops_per_step": flops, "step_times_s": times,
         "median_step_s": statistics.median(times) if times else None, "min_step_s": min(times) if times else None, "state_bytes": trainer.state_bytes,
         "activation_peak_bytes": points[args.batch], "activation_peak_bytes_small": points[small],
-        "small_batch_size": small, "losses": losses,
+        "small_batch_size": small, "losses": losses, "allocated": allocated,
     }
     if args.budget_gib:
         result.update(largest_batch(trainer, points, int(args.budget_gib * 2**30), cap=16 * args.batch))

@@ -70,6 +70,7 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
             grad = grad.div_(max(rows, 1)).to(h.dtype)  # d(mean loss)/d(logits)
             grad_hidden[start:start + chunk_rows] = grad @ weight
             grad_weight += (grad.t() @ h).float()
+            del logp, grad  # else this chunk's [c, V] buffers are still held while the next chunk makes its own
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
         return total / max(rows, 1)

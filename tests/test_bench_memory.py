@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from torch import nn
 
@@ -67,3 +68,35 @@ def test_memory_command_writes_rows_for_every_variant_and_mode_and_leaves_no_fak
     assert ov1["components"]["text tower"] > 0
     assert "| ov2-k0.35 | encoder |" in (tmp_path / "memory-accounted.md").read_text()
     assert not any(type(t).__name__ == "FakeTensor" for t in [sincos_2d_table(2, 2, 8)])
+
+
+def test_the_trainer_memory_run_builds_the_bench_shapes_model():
+    """``bench.trainer_memory`` sets ``ov2 pretrain`` beside the bench worker: only valid if its flags
+    build the same ViT and decoder as the bench's ``cpu`` shape."""
+    from bench.trainer_memory import shape_flags
+    from ov2_plugin.pretrain import build_model, parse_args
+
+    model_args = parse_args([*shape_flags("cpu"), "--output_dir", "unused", "--use_cpu", "true"])[0]
+    built = build_model(model_args).config
+    bench = SHAPES["cpu"].ov2_config(0.35)
+    assert built.vision_config.to_dict() == bench.vision_config.to_dict()
+    assert built.decoder_config.to_dict() == bench.decoder_config.to_dict()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("variant", ["ov2-k0.35", "ov1-2cap", "coca"])
+def test_the_accounting_equals_what_the_cpu_allocator_holds_after_a_real_forward(variant, precision):
+    """The meta-device count against real tensors: the bench worker reads the CPU allocator's total
+    (profiler memory events) at the end of a real forward pass. Besides the saves, a checkpointed block
+    holds the CPU generator state it restores for recomputation (about 5 KB, not counted)."""
+    from bench.memory import account_variant, checkpointed_blocks
+    from bench.worker import Trainer, allocated_during_step, parse
+
+    batch = SHAPES["tiny"].batch_size
+    accounted = {r["checkpointing"]: r for r in account_variant(variant, "tiny", ("none", "encoder", "all"), precision)}
+    for mode, row in accounted.items():
+        trainer = Trainer(parse(["--shape", "tiny", "--variant", variant, "--batch", str(batch), "--precision", precision,
+                                 "--checkpointing", mode, "--out", "unused"]))
+        blocks = len(checkpointed_blocks(trainer.variant.model))
+        kept = allocated_during_step(trainer, batch)["kept_bytes"]
+        assert abs(kept - row["activation_bytes"]) <= 0.01 * row["activation_bytes"] + 6 * 1024 * blocks, (mode, kept, row)
