@@ -13,8 +13,8 @@ Their absolute figures differ by what only one of them holds (imports, data, tok
 comparable figure is the growth per sample between the two batches, and its OV2 / OV1 ratio.
 
 One difference stays and is printed: the Trainer's captions are the scenes' real ones, padded to
-the longest in the batch, the bench's are 128 tokens. The script counts the Trainer's lengths
-with the same tokenizer and collator.
+the longest in the batch, the bench's are 128 tokens. The script counts the Trainer's caption
+lengths with the same tokenizer.
 """
 
 from __future__ import annotations
@@ -64,8 +64,7 @@ def trainer_peak(objective: str, mode: str, batch: int, steps: int, shape: str, 
         if proc.returncode != 0:
             raise RuntimeError(f"ov2 pretrain failed ({' '.join(cmd)}):\n{proc.stderr[-3000:]}")
         report = json.loads((Path(tmp) / "report.json").read_text())
-    stage = report["stages"][-1] if "stages" in report else report
-    return {"peak_memory_bytes": stage["peak_memory_bytes"], "checkpointing": stage["checkpointing"],
+    return {"peak_memory_bytes": report["peak_memory_bytes"], "checkpointing": report["checkpointing"],
             "wall_s": time.perf_counter() - start}
 
 
