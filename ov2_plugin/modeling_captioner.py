@@ -38,7 +38,9 @@ def drop_visual_tokens(tokens: torch.Tensor, keep_ratio: float, generator: torch
     """Keep ``int(N * keep_ratio)`` tokens of each sample, a fresh random subset per sample."""
     b, n, d = tokens.shape
     keep = int(n * keep_ratio)
-    noise = torch.rand(b, n, device=tokens.device, generator=generator)
+    # torch.rand's generator overload takes no symbolic sizes: torch.compile with a dynamic batch fails on it
+    generated = {"generator": generator} if generator is not None else {}
+    noise = torch.rand(b, n, device=tokens.device, **generated)
     index = noise.argsort(dim=1)[:, :keep]  # [B, K]
     return tokens.gather(1, index[..., None].expand(-1, -1, d))
 

@@ -255,3 +255,10 @@ def test_a_few_steps_lower_the_loss(tiny_model):
         opt.zero_grad()
         losses.append(loss.item())
     assert losses[-1] < 0.8 * losses[0]
+
+
+def test_token_dropping_compiles_with_a_dynamic_batch():
+    """``torch.compile`` traces a new batch size with symbolic shapes (the bench's ``--compile`` does:
+    small batch, then the benchmark batch); ``torch.rand``'s generator overload took no symbolic sizes."""
+    compiled = torch.compile(drop_visual_tokens, backend="aot_eager", dynamic=True)
+    assert [tuple(compiled(torch.randn(b, 16, 4), 0.35).shape) for b in (2, 3)] == [(2, 5, 4), (3, 5, 4)]

@@ -208,7 +208,7 @@ def write_outputs(out: Path, recipe: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Pretraining objectives at equal training FLOPs, judged downstream.")
-    p.add_argument("--recipe", default="cpu", help="cpu, cpu-short, gpu-B16, micro, or a JSON/YAML file (ov2_plugin/experiments/recipes.py).")
+    p.add_argument("--recipe", default="cpu", help="cpu, cpu-short, cpu-short-fp32, gpu-B16, micro, or a JSON/YAML file (ov2_plugin/experiments/recipes.py).")
     p.add_argument("--output_dir", default="runs/compare")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--objectives", nargs="+", default=None, choices=["caption", "openvision", "clip", "coca"],
