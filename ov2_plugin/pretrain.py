@@ -36,6 +36,7 @@ from .deepspeed_helpers import loading_in_one_process, start_deepspeed, whole_we
 from .image_processing import make_image_processor
 from .modeling_captioner import Ov2ForCaptioning
 from .recipes import Stage, load_recipe
+from .setup_deadline import distributed_setup_deadline
 from .tokenization import build_caption_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -489,7 +490,8 @@ def finish(trainer: Trainer | None, records: list[dict], data_args: DataArgument
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, PretrainArguments]:
     parser = HfArgumentParser((ModelArguments, DataArguments, PretrainArguments))
-    return parser.parse_args_into_dataclasses(args=argv)
+    with distributed_setup_deadline(sys.argv[1:] if argv is None else argv):  # parsing starts the process group
+        return parser.parse_args_into_dataclasses(args=argv)
 
 
 def explicit_flags(argv: list[str]) -> frozenset[str]:

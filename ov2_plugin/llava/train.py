@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 
 from ..data.bad_samples import COUNTS_FOLDER, BadSampleCounter, BadSampleLimitExceeded, collect_bad_samples
 from ..deepspeed_helpers import start_deepspeed, whole_weights
+from ..setup_deadline import distributed_setup_deadline
 from .build import IMAGE_TOKEN, build_llava, load_llava, save_llava
 from .data import RECORD_REASONS, TEXT_ONLY, ConversationCollator, LlavaConversations, SkippedRecords
 
@@ -301,7 +303,8 @@ def run_training(m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments)
 
 def parse_args(argv: list[str] | None = None):
     parser = HfArgumentParser((ModelArguments, DataArguments, LlavaTrainingArguments))
-    return parser.parse_args_into_dataclasses(args=argv)
+    with distributed_setup_deadline(sys.argv[1:] if argv is None else argv):  # parsing starts the process group
+        return parser.parse_args_into_dataclasses(args=argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
