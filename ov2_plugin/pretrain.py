@@ -490,7 +490,7 @@ def finish(trainer: Trainer | None, records: list[dict], data_args: DataArgument
 
 def parse_args(argv: list[str] | None = None) -> tuple[ModelArguments, DataArguments, PretrainArguments]:
     parser = HfArgumentParser((ModelArguments, DataArguments, PretrainArguments))
-    with distributed_setup_deadline(sys.argv[1:] if argv is None else argv):  # parsing starts the process group
+    with distributed_setup_deadline(argv):  # parsing starts the process group
         return parser.parse_args_into_dataclasses(args=argv)
 
 

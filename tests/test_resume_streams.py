@@ -68,8 +68,8 @@ main()
 # per-attempt prefix, so a restarted rank can read the gloo address its peer published in the
 # previous attempt: "Connection refused", or a connection that never completes (3 in 6 runs here).
 # The c10d rendezvous with a store of its own per round (pytorch/pytorch#135712) had none in 5 logged
-# runs (and this test passed 13 times in 13);
-# with the store shared with the launcher, 2 in 5 still read stale addresses.
+# runs, and this test passed 13 times in 13; with the store shared with the launcher, 2 in 5 still
+# read stale addresses.
 RESTARTABLE_RENDEZVOUS = ("--rdzv-backend", "c10d", "--rdzv-endpoint")
 FRESH_STORE_PER_RESTART = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
@@ -89,8 +89,7 @@ def pretrain(out: Path, *extra: str, nproc: int = 1, kill_at: int | None = None,
     launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
                 *launcher_flags]
     cmd = [sys.executable, *(launcher if nproc > 1 else []), *entry, "--output_dir", str(out), *RUN, *extra]
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)  # its own process group: a hung run is killed whole
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def free_port() -> int:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -303,7 +302,7 @@ def run_training(m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments)
 
 def parse_args(argv: list[str] | None = None):
     parser = HfArgumentParser((ModelArguments, DataArguments, LlavaTrainingArguments))
-    with distributed_setup_deadline(sys.argv[1:] if argv is None else argv):  # parsing starts the process group
+    with distributed_setup_deadline(argv):  # parsing starts the process group
         return parser.parse_args_into_dataclasses(args=argv)
 
 
