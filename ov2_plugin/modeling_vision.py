@@ -20,9 +20,12 @@ from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.utils import logging
 
 from .activation_checkpointing import set_checkpointing
 from .configuration import Ov2Config, Ov2DecoderConfig, Ov2VisionConfig
+
+logger = logging.get_logger(__name__)
 
 
 @functools.lru_cache(maxsize=16)
@@ -101,6 +104,25 @@ class Ov2PreTrainedModel(PreTrainedModel):
     # Which blocks ``activation_checkpointing_enable()`` (the Trainer's ``--gradient_checkpointing``)
     # recomputes: "all" (every block, transformers' meaning), "encoder" (the ViT) or "decoder".
     checkpointing_scope: str = "all"
+    # The one attention kernel these blocks run (``F.scaled_dot_product_attention``, which picks flash or
+    # memory-efficient kernels itself on a GPU). "eager" asks for the same numbers, so it is served too.
+    supported_attention = ("sdpa", "eager")
+
+    def _check_and_adjust_attn_implementation(self, attn_implementation: str | None, is_init_check: bool = False,
+                                              allow_all_kernels: bool = False) -> str:
+        """Any requested implementation runs as SDPA here, never an error.
+
+        transformers hands a model-wide string (``attn_implementation="flash_attention_2"``, as LLaVA-OneVision
+        recipes pass it) to every sub-model, the vision tower included; it would refuse what it does not
+        declare. The language model keeps what was asked for; this tower says once that it uses SDPA.
+        """
+        if attn_implementation is not None and attn_implementation not in self.supported_attention:
+            logger.warning_once(
+                f"The OpenVision 2 tower has no {attn_implementation!r} attention; it runs SDPA (the language model "
+                f"keeps {attn_implementation!r}). To say so explicitly, pass attn_implementation="
+                f"{{'text_config': {attn_implementation!r}, 'vision_config': 'sdpa'}}."
+            )
+        return "sdpa"
 
     def _set_gradient_checkpointing(self, enable: bool = True, gradient_checkpointing_func=None,
                                     every_n_layers: int = 1) -> None:

@@ -11,7 +11,7 @@ import torch
 from ov2_plugin.data.bad_samples import BadSampleLimitExceeded
 from ov2_plugin.data.instructions import caption_records, instruction_records
 from ov2_plugin.llava import build_llava
-from ov2_plugin.llava.data import ConversationCollator, LlavaConversations, select_records
+from ov2_plugin.llava.data import ConversationCollator, LlavaConversations, dummy_image_inputs, select_records
 from ov2_plugin.llava.train import main as train_main
 
 COMMON = ["--use_cpu", "true", "--per_device_train_batch_size", "4", "--logging_steps", "1", "--seed", "0",
@@ -154,13 +154,13 @@ def test_text_only_sample_has_no_image_and_mixed_batch_trains_hf_llava(parts, ll
     n = model.config.image_seq_length
     records = [one_turn("scenes/0_0.png", "<image>\nwhat colour are the circles?", "red", "img"), text_only(0),
                one_turn("scenes/0_1.png", "how many squares? <image>", "two", "img-late")]
-    dataset = LlavaConversations(records, parts / "data", proc, n)
+    dataset = LlavaConversations(records, parts / "data", proc)
     image_id = proc.tokenizer.convert_tokens_to_ids("<image>")
     samples = [dataset[i] for i in range(3)]
     assert "pixel_values" not in samples[1] and image_id not in samples[1]["input_ids"]
     assert [s["input_ids"].count(image_id) for s in samples] == [n, 0, n]
 
-    collate = ConversationCollator(proc.tokenizer.pad_token_id, image_id, n, (3, 32, 32))
+    collate = ConversationCollator(proc.tokenizer.pad_token_id, image_id)
     batch = collate(samples)
     assert batch.pop("bad_samples") == [] and batch["pixel_values"].shape == (2, 3, 32, 32)
     model.train()
@@ -179,12 +179,11 @@ def test_text_only_sample_has_no_image_and_mixed_batch_trains_hf_llava(parts, ll
 
 def test_dummy_image_keeps_the_tower_busy_and_the_loss_unchanged(parts, llava):
     model, proc = llava
-    n = model.config.image_seq_length
     image_id = proc.tokenizer.convert_tokens_to_ids("<image>")
-    dataset = LlavaConversations([text_only(0), text_only(1)], parts / "data", proc, n)
+    dataset = LlavaConversations([text_only(0), text_only(1)], parts / "data", proc)
     samples = [dataset[0], dataset[1]]
-    plain = ConversationCollator(proc.tokenizer.pad_token_id, image_id, n, (3, 32, 32))(samples)
-    dummy = ConversationCollator(proc.tokenizer.pad_token_id, image_id, n, (3, 32, 32), dummy_image=True)(samples)
+    plain = ConversationCollator(proc.tokenizer.pad_token_id, image_id)(samples)
+    dummy = ConversationCollator(proc.tokenizer.pad_token_id, image_id, dummy=dummy_image_inputs(dataset))(samples)
     for b in (plain, dummy):
         b.pop("bad_samples")
     assert "pixel_values" not in plain and dummy["pixel_values"].shape == (1, 3, 32, 32)
@@ -202,6 +201,6 @@ def test_dummy_image_keeps_the_tower_busy_and_the_loss_unchanged(parts, llava):
 def test_no_readable_image_in_reach_names_the_image_folder(parts, llava):
     model, proc = llava
     records = [one_turn(f"gone{i}.png", "<image>\nq", "a", str(i)) for i in range(3)]
-    dataset = LlavaConversations(records, parts / "data", proc, model.config.image_seq_length)
+    dataset = LlavaConversations(records, parts / "data", proc)
     with pytest.raises(BadSampleLimitExceeded, match="3 records in a row.*--image_folder"):
         dataset[1]

@@ -253,7 +253,7 @@ def test_pad_to_square_and_a_too_short_max_length(parts):
 
     _, processor = build_llava(parts / "tower", parts / "lm")
     records = load_records(parts / "data" / "instructions_0.json")[:1]
-    dataset = LlavaConversations(records, parts / "data", processor, 16, max_length=64, pad_square=True)
-    assert dataset[0]["pixel_values"].shape == (3, 32, 32)
+    dataset = LlavaConversations(records, parts / "data", processor, max_length=64, pad_square=True)
+    assert dataset[0]["pixel_values"].shape == (1, 3, 32, 32)  # [images, 3, H, W]
     with pytest.raises(ValueError, match="--model_max_length"):
-        LlavaConversations(records, parts / "data", processor, 16, max_length=8)[0]
+        LlavaConversations(records, parts / "data", processor, max_length=8)[0]

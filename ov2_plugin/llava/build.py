@@ -1,6 +1,7 @@
-"""Assemble a Hugging Face ``LlavaForConditionalGeneration`` whose vision tower is OpenVision 2.
+"""Assemble a Hugging Face LLaVA (``LlavaForConditionalGeneration``, LLaVA-NeXT's or LLaVA-OneVision's class)
+whose vision tower is OpenVision 2.
 
-The result is a plain HF LLaVA folder: ``LlavaForConditionalGeneration.from_pretrained`` and
+The result is a plain HF folder of that family: ``AutoModelForImageTextToText.from_pretrained`` and
 ``AutoProcessor.from_pretrained`` load it in any process that has run ``import ov2_plugin``
 (which registers the ``openvision2_vision`` config with transformers' Auto classes).
 """
@@ -16,9 +17,6 @@ from transformers import (
     AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    LlavaProcessor,
     PretrainedConfig,
     PreTrainedTokenizerBase,
 )
@@ -26,29 +24,23 @@ from transformers import (
 from ..image_processing import make_image_processor, saved_image_processor
 from ..loading import load_vision_model
 from ..modeling_vision import Ov2VisionModel
+from .archs import (
+    ANYRES_MAX,
+    ARCHS,
+    Arch,
+    check_arch,
+    check_strategy,
+    make_image_processor_for,
+    parse_pinpoints,
+    pinpoints_for,
+)
+from .chat import VICUNA
 
 IMAGE_TOKEN = "<image>"
+VIDEO_TOKEN = "<video>"  # LLaVA-OneVision's processor and config name one; only images are trained here
 PROJECTORS = {"mlp2x_gelu": "gelu"}  # LLaVA-1.5's projector: Linear -> GELU -> Linear (HF's LlavaMultiModalProjector)
 SELECT_STRATEGIES = ("default", "full")  # default drops CLS, as LLaVA's "patch"; full keeps it ("cls_patch")
-
-# Vicuna-v1 style turns, as LLaVA-1.5 ("USER: <image>\n... ASSISTANT: ...</s>"). Content may be a
-# string or HF's list of {"type": "image"|"text"} items.
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] if message['content'] is string else message['content'][0]['text'] }} "
-    "{% else %}"
-    "{{ 'USER: ' if message['role'] == 'user' else 'ASSISTANT: ' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<image>\n{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ ' ' if message['role'] == 'user' else eos_token }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
-
+CHAT_TEMPLATE = VICUNA.jinja()  # LLaVA-1.5's turns; each arch's format is in ARCHS
 def num_image_tokens(vision_config, strategy: str = "default") -> int:
     """How many ``<image>`` placeholders one image becomes: patches (+ CLS with the 'full' strategy)."""
     n = (vision_config.image_size // vision_config.patch_size) ** 2
@@ -93,11 +85,14 @@ def _load_language_model(language_model, tokenizer, dtype):
     return lm, tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(path)
 
 
-def _prepare_tokenizer(tokenizer) -> PreTrainedTokenizerBase:
+def _prepare_tokenizer(tokenizer, arch: Arch) -> PreTrainedTokenizerBase:
+    """The tokenizer with ``<image>`` (and ``<video>`` for OneVision), the chat format's special tokens and a pad token."""
     if isinstance(tokenizer, (str, Path)):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    needed = [IMAGE_TOKEN, *([VIDEO_TOKEN] if arch.name == "llava_onevision" else []), *arch.chat.special_tokens]
+    missing = [t for t in needed if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)  # appended; the existing special tokens stay
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token if tokenizer.unk_token is not None else tokenizer.eos_token
     return tokenizer
@@ -112,97 +107,126 @@ def build_llava(
     vision_feature_select_strategy: str = "default",
     image_processor=None,
     dtype: torch.dtype | None = None,
-) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """LLaVA with an OpenVision 2 tower, a fresh projector and the given language model.
+    arch: str = "llava",
+    image_grid_pinpoints: list[list[int]] | None = None,
+):
+    """A LLaVA of family ``arch`` (``llava``, ``llava_next``, ``llava_onevision``; see ``archs.ARCHS``) with an
+    OpenVision 2 tower, a fresh projector and the given language model; returns (model, processor).
 
     ``vision``: an Ov2 folder (vision-only or the captioner written by ``ov2 pretrain``) or a
     loaded ``Ov2VisionModel``. ``language_model``: a causal LM folder (weights + tokenizer) or
     a config (random weights; then pass ``tokenizer``). The tokenizer gains ``<image>`` (and a
     pad token if it has none); the processor expands ``<image>`` to exactly the number of
-    features the chosen layer/strategy yields.
+    features the chosen layer/strategy yields, tiles included. ``image_grid_pinpoints`` (pixels, multiples
+    of the tower's ``image_size``) default to the family's set scaled to the tower.
     """
+    family = check_arch(arch)
     tower = vision if isinstance(vision, Ov2VisionModel) else load_vision_model(vision)
     vcfg = tower.config
     _check_options(projector, vision_feature_select_strategy, vision_feature_layer, vcfg.num_hidden_layers)
+    check_strategy(family, vision_feature_select_strategy)
+    pinpoints = pinpoints_for(family, vcfg.image_size, image_grid_pinpoints) if family.tiles else None
     if image_processor is None:
         image_processor = (
             make_image_processor(vcfg) if isinstance(vision, Ov2VisionModel) else saved_image_processor(vision, vcfg)
         )
+    image_processor = make_image_processor_for(family, image_processor, vcfg.image_size, pinpoints)
     lm, tokenizer = _load_language_model(language_model, tokenizer, dtype)
-    tokenizer = _prepare_tokenizer(tokenizer)
+    tokenizer = _prepare_tokenizer(tokenizer, family)
 
-    config = LlavaConfig(
+    fields = dict(
         vision_config=vcfg.to_dict(),
         text_config=lm.config.to_dict(),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        image_seq_length=num_image_tokens(vcfg, vision_feature_select_strategy),
         projector_hidden_act=PROJECTORS[projector],
         vision_feature_layer=vision_feature_layer,
         vision_feature_select_strategy=vision_feature_select_strategy,
         multimodal_projector_bias=True,
     )
+    if family.name != "llava_onevision":
+        fields["image_seq_length"] = num_image_tokens(vcfg, vision_feature_select_strategy)  # one square tile
+    if pinpoints:
+        fields["image_grid_pinpoints"] = pinpoints
+    if family.name == "llava_onevision":
+        fields.update(video_token_index=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN), vision_aspect_ratio=ANYRES_MAX)
+    config = family.config_class(**fields)
     config.text_config.pad_token_id = tokenizer.pad_token_id
-    model = LlavaForConditionalGeneration(config)
+    model = family.model_class(config)
     model.model.vision_tower.load_state_dict(tower.state_dict())
     model.model.language_model.load_state_dict(lm.base_model.state_dict())
     model.lm_head.load_state_dict(lm.get_output_embeddings().state_dict())
     if len(tokenizer) > model.config.text_config.vocab_size:
         model.resize_token_embeddings(len(tokenizer))
+    stops = [tokenizer.convert_tokens_to_ids(t) for t in family.chat.special_tokens[1:]]  # ChatML answers end at <|im_end|>
+    if stops:
+        model.generation_config.eos_token_id = [tokenizer.eos_token_id, *stops]
     if dtype is not None:
         model.to(dtype)
-    processor = make_processor(image_processor, tokenizer, vcfg, vision_feature_select_strategy)
+    processor = make_processor(image_processor, tokenizer, vcfg, vision_feature_select_strategy, family.name)
     return model, processor
 
 
-def make_processor(image_processor, tokenizer, vision_config, strategy: str = "default") -> LlavaProcessor:
-    """``LlavaProcessor`` counting CLS as the one extra token, so 'default' yields one placeholder per patch."""
-    return LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=vision_config.patch_size,
-        vision_feature_select_strategy=strategy,
-        chat_template=CHAT_TEMPLATE,
-        image_token=IMAGE_TOKEN,
-        num_additional_image_tokens=1,
-    )
+def make_processor(image_processor, tokenizer, vision_config, strategy: str = "default", arch: str = "llava"):
+    """The arch's processor, counting CLS as the one extra token, so 'default' yields one placeholder per patch."""
+    family = check_arch(arch)
+    common = dict(image_processor=image_processor, tokenizer=tokenizer, vision_feature_select_strategy=strategy,
+                  chat_template=family.chat.jinja(), image_token=IMAGE_TOKEN)
+    if family.name == "llava_onevision":  # counts from the tokens of one square tile, CLS included (n = grid^2 + 1)
+        from transformers import LlavaOnevisionVideoProcessor
+
+        # the processor requires a video processor; frames get the tower's preprocessing
+        video = LlavaOnevisionVideoProcessor(
+            size=dict(image_processor.size), resample=image_processor.resample,
+            image_mean=list(image_processor.image_mean), image_std=list(image_processor.image_std))
+        return family.processor_class(**common, video_processor=video, video_token=VIDEO_TOKEN,
+                                      num_image_tokens=vision_config.num_patches_per_side**2 + 1,
+                                      vision_aspect_ratio=ANYRES_MAX)
+    return family.processor_class(**common, patch_size=vision_config.patch_size, num_additional_image_tokens=1)
 
 
 LOAD_HINT = (
     "This folder is a LLaVA model with an OpenVision 2 vision tower: run `import ov2_plugin` before "
-    "`LlavaForConditionalGeneration.from_pretrained` (it registers the 'openvision2_vision' model type)."
+    "`from_pretrained` (it registers the 'openvision2_vision' model type)."
 )
 
 
-def save_llava(model: LlavaForConditionalGeneration, processor: LlavaProcessor, output_dir: str | Path) -> Path:
+def save_llava(model, processor, output_dir: str | Path) -> Path:
     """Save model + processor, and a README that says which import the folder needs."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     (out / "README.md").write_text(
-        f"# LLaVA + OpenVision 2\n\n{LOAD_HINT}\n\n```python\nimport ov2_plugin\n"
-        "from transformers import AutoProcessor, LlavaForConditionalGeneration\n"
-        "model = LlavaForConditionalGeneration.from_pretrained(path)\n"
+        f"# {type(model).__name__} + OpenVision 2\n\n{LOAD_HINT}\n\n```python\nimport ov2_plugin\n"
+        "from transformers import AutoModelForImageTextToText, AutoProcessor\n"
+        "model = AutoModelForImageTextToText.from_pretrained(path)\n"
         "processor = AutoProcessor.from_pretrained(path)\n```\n"
     )
     return out
 
 
-def load_llava(path: str | Path, **kwargs) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """Load a folder written by ``save_llava`` / ``ov2 llava-train``, with a clear error when it is not one."""
-    from transformers import AutoProcessor
-
-    path = Path(path)
-    config_file = path / "config.json"
+def llava_arch(path: str | Path) -> Arch:
+    """The family of the LLaVA folder at ``path`` (its config's ``model_type``), with a clear error otherwise."""
+    config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(
             f"{str(path)!r} has no config.json; pass a folder written by 'ov2 llava-build' or 'ov2 llava-train'."
         )
-    if json.loads(config_file.read_text()).get("model_type") != "llava":
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type not in ARCHS:
         raise ValueError(
-            f"{str(path)!r} is not a LLaVA checkpoint (model_type != 'llava'); build one with 'ov2 llava-build'."
+            f"{str(path)!r} holds a {model_type!r} model, not a LLaVA ({', '.join(ARCHS)}); build one with "
+            "'ov2 llava-build'."
         )
-    return LlavaForConditionalGeneration.from_pretrained(path, **kwargs), AutoProcessor.from_pretrained(path)
+    return ARCHS[model_type]
+
+
+def load_llava(path: str | Path, **kwargs):
+    """(model, processor) of a folder written by ``save_llava`` / ``ov2 llava-train``, any arch."""
+    from transformers import AutoProcessor
+
+    family = llava_arch(path)
+    return family.model_class.from_pretrained(path, **kwargs), AutoProcessor.from_pretrained(path)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -212,6 +236,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--vision_tower", required=True, help="OpenVision 2 folder (ov2 pretrain / ov2 convert output).")
     p.add_argument("--language_model", required=True, help="HF causal LM folder (config, weights, tokenizer).")
     p.add_argument("--output_dir", required=True)
+    p.add_argument("--arch", default="llava", help=f"LLaVA family: {', '.join(ARCHS)} (default llava, LLaVA-1.5).")
+    p.add_argument("--image_grid_pinpoints", default=None,
+                   help="Anyres tile layouts, HEIGHTxWIDTH in pixels, multiples of the tower's size "
+                        "(default: LLaVA-NeXT's 1x2,2x1,2x2,3x1,1x3 tiles; OneVision's grid up to 6x6).")
     p.add_argument("--projector", default="mlp2x_gelu", choices=sorted(PROJECTORS))
     p.add_argument(
         "--vision_feature_layer",
@@ -245,9 +273,11 @@ def main(argv: list[str] | None = None) -> None:
         vision_feature_select_strategy=args.vision_feature_select_strategy,
         image_processor=image_processor,
         dtype=getattr(torch, args.dtype) if args.dtype else None,
+        arch=args.arch,
+        image_grid_pinpoints=parse_pinpoints(args.image_grid_pinpoints),
     )
     out = save_llava(model, processor, args.output_dir)
-    print(
-        f"saved LLaVA ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
-        f"{model.config.image_seq_length} image tokens) to {out}"
-    )
+    square = num_image_tokens(tower.config, args.vision_feature_select_strategy)
+    tiles = f", anyres over {len(model.config.image_grid_pinpoints)} pinpoints" if args.arch != "llava" else ""
+    print(f"saved {type(model).__name__} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, "
+          f"{square} image tokens a tile{tiles}) to {out}")

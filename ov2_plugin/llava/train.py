@@ -1,4 +1,5 @@
-"""``ov2 llava-train``: LLaVA-1.5's training stages for HF LLaVA with an OpenVision 2 tower.
+"""``ov2 llava-train``: LLaVA-1.5's training stages for HF LLaVA, LLaVA-NeXT and LLaVA-OneVision (``--arch``)
+with an OpenVision 2 tower.
 
 - stage 1, projector alignment (``--tune_mm_mlp_adapter``): captions, only the projector learns;
 - stage 2, instruction tuning: the language model (fully, or LoRA with ``--lora_enable``) and
@@ -24,14 +25,23 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from ..data.bad_samples import COUNTS_FOLDER, BadSampleCounter, BadSampleLimitExceeded, collect_bad_samples
 from ..deepspeed_helpers import start_deepspeed, whole_weights
 from ..setup_deadline import distributed_setup_deadline
+from .archs import Arch, check_arch, parse_pinpoints
 from .build import IMAGE_TOKEN, build_llava, load_llava, save_llava
-from .data import RECORD_REASONS, TEXT_ONLY, ConversationCollator, LlavaConversations, SkippedRecords
+from .data import (
+    RECORD_REASONS,
+    TEXT_ONLY,
+    ConversationCollator,
+    LlavaConversations,
+    SkippedRecords,
+    dummy_image_inputs,
+)
 
 logger = logging.getLogger(__name__)
 
 LM_LINEAR = "q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj"
 PROJECTOR = "multi_modal_projector"
 TOWER = "vision_tower"
+NEWLINE = "image_newline"  # LLaVA-NeXT / OneVision: the learnt end-of-row embedding, trained with the projector
 
 
 @dataclass
@@ -43,6 +53,11 @@ class ModelArguments:
         default=None, metadata={"help": "OpenVision 2 folder, for a new model (also 'ov2:<folder>')."}
     )
     language_model: str | None = field(default=None, metadata={"help": "HF causal LM folder, for a new model."})
+    arch: str | None = field(default=None, metadata={
+        "help": "LLaVA family of a new model: llava (LLaVA-1.5, the default), llava_next, llava_onevision (anyres "
+                "tiles); a saved folder keeps its own."})
+    image_grid_pinpoints: str | None = field(default=None, metadata={
+        "help": "Anyres tile layouts of a new model, HEIGHTxWIDTH pixels, multiples of the tower's size."})
     mm_projector_type: str = field(default="mlp2x_gelu")
     mm_vision_select_layer: int = field(default=-2)
     mm_vision_select_feature: str = field(default="patch", metadata={"help": "patch (drop CLS) or cls_patch."})
@@ -91,7 +106,11 @@ class LlavaTrainingArguments(TrainingArguments):
 def load_or_build(m: ModelArguments, t: LlavaTrainingArguments):
     """A saved LLaVA folder, or a new one from a tower and a language model."""
     if m.model_name_or_path:
-        return load_llava(m.model_name_or_path)
+        model, processor = load_llava(m.model_name_or_path)
+        if m.arch and check_arch(m.arch).name != model.config.model_type:
+            raise ValueError(f"--arch {m.arch} but {m.model_name_or_path!r} is a {model.config.model_type} model; "
+                             "drop --arch (a saved folder keeps its family) or start from --vision_tower.")
+        return model, processor
     if not (m.vision_tower and m.language_model):
         raise ValueError("Pass --model_name_or_path (a LLaVA folder) or both --vision_tower and --language_model.")
     if is_deepspeed_zero3_enabled():
@@ -110,11 +129,16 @@ def load_or_build(m: ModelArguments, t: LlavaTrainingArguments):
         projector=m.mm_projector_type,
         vision_feature_layer=m.mm_vision_select_layer,
         vision_feature_select_strategy=strategy,
+        arch=m.arch or "llava",
+        image_grid_pinpoints=parse_pinpoints(m.image_grid_pinpoints),
     )
     if m.pretrain_mm_mlp_adapter:
         from safetensors.torch import load_file
 
-        model.model.multi_modal_projector.load_state_dict(load_file(m.pretrain_mm_mlp_adapter))
+        weights = load_file(m.pretrain_mm_mlp_adapter)
+        if NEWLINE in weights and hasattr(model.model, NEWLINE):
+            model.model.image_newline.data.copy_(weights.pop(NEWLINE))
+        model.model.multi_modal_projector.load_state_dict(weights)
     return model, processor
 
 
@@ -122,6 +146,8 @@ def set_trainable(model, t: LlavaTrainingArguments):
     """Freeze per stage; with LoRA wrap the language model's linear layers (projector saved with the adapter)."""
     model.requires_grad_(False)
     getattr(model.model, PROJECTOR).requires_grad_(True)
+    if hasattr(model.model, NEWLINE):  # peft below freezes it again: LoRA runs keep stage 1's newline
+        getattr(model.model, NEWLINE).requires_grad_(True)
     if t.unfreeze_mm_vision_tower:
         getattr(model.model, TOWER).requires_grad_(True)
     if t.tune_mm_mlp_adapter or t.freeze_language_model:
@@ -164,7 +190,8 @@ class LlavaTrainer(Trainer):
             return self.optimizer
         model = self.model if model is None else model
         decay = set(self.get_decay_parameter_names(model))
-        rates = {PROJECTOR: self.args.mm_projector_lr, TOWER: self.args.mm_vision_tower_lr}
+        rates = {PROJECTOR: self.args.mm_projector_lr, NEWLINE: self.args.mm_projector_lr,
+                 TOWER: self.args.mm_vision_tower_lr}
         groups: dict[tuple, list] = {}
         for name, p in model.named_parameters():
             if not p.requires_grad:
@@ -197,7 +224,9 @@ def save_outputs(model, processor, t: LlavaTrainingArguments) -> Path:
             save_llava(model, processor, out / "merged")
     else:
         save_llava(model, processor, out)
-    projector = getattr(model.model, PROJECTOR).state_dict()
+    projector = dict(getattr(model.model, PROJECTOR).state_dict())
+    if hasattr(model.model, NEWLINE):
+        projector[NEWLINE] = getattr(model.model, NEWLINE).detach()
     save_file({k: v.contiguous() for k, v in projector.items()}, out / "projector.safetensors")
     return out
 
@@ -205,25 +234,29 @@ def save_outputs(model, processor, t: LlavaTrainingArguments) -> Path:
 def make_data(d: DataArguments, t: LlavaTrainingArguments, model, processor):
     """The dataset (malformed records already dropped and counted) and its collator."""
     image_folder = d.image_folder or str(Path(d.data_path).parent)
+    arch = llava_arch_of(model)
     dataset = LlavaConversations(
         d.data_path,
         image_folder,
         processor,
-        model.config.image_seq_length,
         template=d.version,
         max_length=t.model_max_length,
         pad_square=d.image_aspect_ratio == "pad",
         max_bad_fraction=d.max_bad_fraction,
+        arch=arch.name,
     )
-    side = model.config.vision_config.image_size
     collator = ConversationCollator(
         processor.tokenizer.pad_token_id,
         image_token_id=processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        num_image_tokens=model.config.image_seq_length,
-        image_shape=(3, side, side),
-        dummy_image=t.world_size > 1,  # every rank must run the tower and projector each step
+        dummy=dummy_image_inputs(dataset) if t.world_size > 1 else None,  # every rank runs the tower and projector each step
+        batch_num_images=arch.multi_image,
     )
     return dataset, collator
+
+
+def llava_arch_of(model) -> Arch:
+    """The family of a (possibly peft-wrapped) HF LLaVA model, from its config's ``model_type``."""
+    return check_arch(model.config.model_type)
 
 
 def bad_sample_report(out: Path, skipped: SkippedRecords) -> dict:
