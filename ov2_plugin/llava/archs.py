@@ -8,6 +8,7 @@ What each family's HF code does with a tower (read from transformers 5.24's ``ll
 |---|---|---|
 | ``llava`` | one ``image_size`` square | ``LlavaProcessor``: (side // patch)^2 + ``num_additional_image_tokens`` (1) - 1 |
 | ``llava_next`` | base image + tiles of a pinpoint, newline per row | ``LlavaNextProcessor``: ``patch_size`` and ``num_additional_image_tokens`` (1) |
+| ``llava_next_video`` | as NeXT; video frames pooled 2x2 | as NeXT (even grids only: ``check_video_grid``) |
 | ``llava_onevision`` | as NeXT, at most 9 tiles' worth after bilinear downscale (``anyres_max_9``); several images in one prompt: one square each | ``LlavaOnevisionProcessor``: ``num_image_tokens`` = grid^2 + 1 (its side is ``int(sqrt(n))``) |
 
 Tiles are cut at pinpoints divided by ``vision_config.image_size``, so pinpoints must be multiples of the
@@ -26,10 +27,15 @@ from transformers import (
     LlavaNextForConditionalGeneration,
     LlavaNextImageProcessor,
     LlavaNextProcessor,
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
+    LlavaNextVideoProcessor,
+    LlavaNextVideoVideoProcessor,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessor,
     LlavaOnevisionProcessor,
+    LlavaOnevisionVideoProcessor,
     LlavaProcessor,
 )
 
@@ -46,6 +52,7 @@ class Arch:
     tiles: tuple[tuple[int, int], ...]  # default pinpoints as (rows, columns) of tower-sized tiles
     chat: ChatFormat
     multi_image: bool  # several images in one record (each a single square tile)
+    video_processor_class: type | None = None  # the processor requires one (frames: the tower's preprocessing)
 
 
 # LLaVA-NeXT's five pinpoints (336 px CLIP: 336x672, 672x336, 672x672, 1008x336, 336x1008), in tiles.
@@ -58,7 +65,11 @@ ARCHS: dict[str, Arch] = {
     "llava_next": Arch("llava_next", LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor,
                        LlavaNextImageProcessor, NEXT_TILES, VICUNA, False),
     "llava_onevision": Arch("llava_onevision", LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration,
-                            LlavaOnevisionProcessor, LlavaOnevisionImageProcessor, ONEVISION_TILES, CHATML, True),
+                            LlavaOnevisionProcessor, LlavaOnevisionImageProcessor, ONEVISION_TILES, CHATML, True,
+                            LlavaOnevisionVideoProcessor),
+    "llava_next_video": Arch("llava_next_video", LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration,
+                             LlavaNextVideoProcessor, LlavaNextImageProcessor, NEXT_TILES, VICUNA, False,
+                             LlavaNextVideoVideoProcessor),
 }
 ANYRES_MAX = "anyres_max_9"  # LLaVA-OneVision's vision_aspect_ratio
 
@@ -75,6 +86,20 @@ def check_strategy(arch: Arch, strategy: str) -> None:
             f"--vision_feature_select_strategy {strategy!r} keeps the OpenVision 2 tower's CLS token, and {arch.name}'s "
             "anyres tiles need a square patch grid ('The number of patches is not consistent with the image size'); "
             "use 'default', which drops the CLS token."
+        )
+
+
+def check_video_grid(arch: Arch, vision_config) -> None:
+    """LLaVA-NeXT-Video pools each frame's grid with ``AvgPool2d(2)`` (13 x 13 = 169 features for 27 x 27), but
+    ``LlavaNextVideoProcessor`` counts ``grid^2 // 4`` placeholders (182): every odd grid fails in transformers
+    5.24 (SigLIP-so400m-384's too). Refused here rather than failing at the first video."""
+    grid = vision_config.num_patches_per_side
+    if arch.name == "llava_next_video" and grid % 2:
+        raise ValueError(
+            f"llava_next_video cannot take a {grid}x{grid}-patch tower: transformers' LlavaNextVideoProcessor counts "
+            f"{grid * grid // 4} video tokens a frame while the model's AvgPool2d(2) makes {(grid // 2) ** 2} (a "
+            "transformers bug for every odd grid); use --arch llava_onevision for video, or a tower with an even grid "
+            "such as L/14-336 (24x24)."
         )
 
 

@@ -30,6 +30,7 @@ from .archs import (
     Arch,
     check_arch,
     check_strategy,
+    check_video_grid,
     make_image_processor_for,
     parse_pinpoints,
     pinpoints_for,
@@ -89,7 +90,7 @@ def _prepare_tokenizer(tokenizer, arch: Arch) -> PreTrainedTokenizerBase:
     """The tokenizer with ``<image>`` (and ``<video>`` for OneVision), the chat format's special tokens and a pad token."""
     if isinstance(tokenizer, (str, Path)):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-    needed = [IMAGE_TOKEN, *([VIDEO_TOKEN] if arch.name == "llava_onevision" else []), *arch.chat.special_tokens]
+    needed = [IMAGE_TOKEN, *([VIDEO_TOKEN] if arch.video_processor_class else []), *arch.chat.special_tokens]
     missing = [t for t in needed if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=True)  # appended; the existing special tokens stay
@@ -125,6 +126,7 @@ def build_llava(
     vcfg = tower.config
     _check_options(projector, vision_feature_select_strategy, vision_feature_layer, vcfg.num_hidden_layers)
     check_strategy(family, vision_feature_select_strategy)
+    check_video_grid(family, vcfg)
     pinpoints = pinpoints_for(family, vcfg.image_size, image_grid_pinpoints) if family.tiles else None
     if image_processor is None:
         image_processor = (
@@ -147,8 +149,10 @@ def build_llava(
         fields["image_seq_length"] = num_image_tokens(vcfg, vision_feature_select_strategy)  # one square tile
     if pinpoints:
         fields["image_grid_pinpoints"] = pinpoints
+    if family.video_processor_class:
+        fields["video_token_index"] = tokenizer.convert_tokens_to_ids(VIDEO_TOKEN)
     if family.name == "llava_onevision":
-        fields.update(video_token_index=tokenizer.convert_tokens_to_ids(VIDEO_TOKEN), vision_aspect_ratio=ANYRES_MAX)
+        fields["vision_aspect_ratio"] = ANYRES_MAX
     config = family.config_class(**fields)
     config.text_config.pad_token_id = tokenizer.pad_token_id
     model = family.model_class(config)
@@ -169,19 +173,19 @@ def build_llava(
 def make_processor(image_processor, tokenizer, vision_config, strategy: str = "default", arch: str = "llava"):
     """The arch's processor, counting CLS as the one extra token, so 'default' yields one placeholder per patch."""
     family = check_arch(arch)
-    common = dict(image_processor=image_processor, tokenizer=tokenizer, vision_feature_select_strategy=strategy,
+    kwargs = dict(image_processor=image_processor, tokenizer=tokenizer, vision_feature_select_strategy=strategy,
                   chat_template=family.chat.jinja(), image_token=IMAGE_TOKEN)
-    if family.name == "llava_onevision":  # counts from the tokens of one square tile, CLS included (n = grid^2 + 1)
-        from transformers import LlavaOnevisionVideoProcessor
-
-        # the processor requires a video processor; frames get the tower's preprocessing
-        video = LlavaOnevisionVideoProcessor(
-            size=dict(image_processor.size), resample=image_processor.resample,
+    if family.video_processor_class:  # the processor requires one; frames get the tower's preprocessing
+        side = dict(image_processor.size)
+        kwargs["video_processor"] = family.video_processor_class(
+            size=side, crop_size=side, do_center_crop=False, resample=image_processor.resample,
             image_mean=list(image_processor.image_mean), image_std=list(image_processor.image_std))
-        return family.processor_class(**common, video_processor=video, video_token=VIDEO_TOKEN,
-                                      num_image_tokens=vision_config.num_patches_per_side**2 + 1,
-                                      vision_aspect_ratio=ANYRES_MAX)
-    return family.processor_class(**common, patch_size=vision_config.patch_size, num_additional_image_tokens=1)
+        kwargs["video_token"] = VIDEO_TOKEN
+    if family.name == "llava_onevision":  # counts from the tokens of one square tile, CLS included (n = grid^2 + 1)
+        kwargs.update(num_image_tokens=vision_config.num_patches_per_side**2 + 1, vision_aspect_ratio=ANYRES_MAX)
+    else:
+        kwargs.update(patch_size=vision_config.patch_size, num_additional_image_tokens=1)
+    return family.processor_class(**kwargs)
 
 
 LOAD_HINT = (
