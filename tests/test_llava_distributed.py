@@ -30,15 +30,17 @@ pytest.importorskip("deepspeed")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def start(tmp_path_factory) -> Path:
-    """A saved tiny LLaVA (what stage 1 leaves) and built-in questions beside it."""
+@pytest.fixture(scope="module", params=["llava", "llava_onevision"])
+def start(tmp_path_factory, request) -> Path:
+    """A saved tiny LLaVA (what stage 1 leaves) of each family (OneVision: anyres tiles, a 5-D pixel batch)
+    and built-in questions beside it."""
     root = tmp_path_factory.mktemp("llava-ds")
     torch.manual_seed(0)
     config = Ov2VisionConfig.from_preset("tiny", image_size=32, num_hidden_layers=2)
     tokenizer = build_word_tokenizer(vocabulary())
     model, processor = build_llava(
-        Ov2VisionModel(config), tiny_llama_config(len(tokenizer)), tokenizer, image_processor=make_image_processor(config)
+        Ov2VisionModel(config), tiny_llama_config(len(tokenizer)), tokenizer, image_processor=make_image_processor(config),
+        arch=request.param,
     )
     save_llava(model, processor, root / "llava")
     write_dataset(root / "data", "instructions", seed=0, num_scenes=8, image_size=32)

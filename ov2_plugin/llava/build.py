@@ -38,10 +38,12 @@ from .archs import (
 from .chat import VICUNA
 
 IMAGE_TOKEN = "<image>"
-VIDEO_TOKEN = "<video>"  # LLaVA-OneVision's processor and config name one; only images are trained here
+VIDEO_TOKEN = "<video>"  # the video families' processors and configs name one; only images are trained here
 PROJECTORS = {"mlp2x_gelu": "gelu"}  # LLaVA-1.5's projector: Linear -> GELU -> Linear (HF's LlavaMultiModalProjector)
 SELECT_STRATEGIES = ("default", "full")  # default drops CLS, as LLaVA's "patch"; full keeps it ("cls_patch")
 CHAT_TEMPLATE = VICUNA.jinja()  # LLaVA-1.5's turns; each arch's format is in ARCHS
+
+
 def num_image_tokens(vision_config, strategy: str = "default") -> int:
     """How many ``<image>`` placeholders one image becomes: patches (+ CLS with the 'full' strategy)."""
     n = (vision_config.image_size // vision_config.patch_size) ** 2
@@ -87,7 +89,8 @@ def _load_language_model(language_model, tokenizer, dtype):
 
 
 def _prepare_tokenizer(tokenizer, arch: Arch) -> PreTrainedTokenizerBase:
-    """The tokenizer with ``<image>`` (and ``<video>`` for OneVision), the chat format's special tokens and a pad token."""
+    """The tokenizer with ``<image>`` (and ``<video>`` for the video families), the chat format's special tokens
+    (special: decoding skips them) and a pad token."""
     if isinstance(tokenizer, (str, Path)):
         tokenizer = AutoTokenizer.from_pretrained(tokenizer)
     needed = [IMAGE_TOKEN, *([VIDEO_TOKEN] if arch.video_processor_class else []), *arch.chat.special_tokens]

@@ -25,7 +25,7 @@ from transformers.integrations import is_deepspeed_zero3_enabled
 from ..data.bad_samples import COUNTS_FOLDER, BadSampleCounter, BadSampleLimitExceeded, collect_bad_samples
 from ..deepspeed_helpers import start_deepspeed, whole_weights
 from ..setup_deadline import distributed_setup_deadline
-from .archs import Arch, check_arch, parse_pinpoints
+from .archs import check_arch, parse_pinpoints
 from .build import IMAGE_TOKEN, build_llava, load_llava, save_llava
 from .data import (
     RECORD_REASONS,
@@ -54,8 +54,8 @@ class ModelArguments:
     )
     language_model: str | None = field(default=None, metadata={"help": "HF causal LM folder, for a new model."})
     arch: str | None = field(default=None, metadata={
-        "help": "LLaVA family of a new model: llava (LLaVA-1.5, the default), llava_next, llava_onevision (anyres "
-                "tiles); a saved folder keeps its own."})
+        "help": "LLaVA family of a new model: llava (LLaVA-1.5, the default), llava_next, llava_onevision, "
+                "llava_next_video (anyres tiles); a saved folder keeps its own."})
     image_grid_pinpoints: str | None = field(default=None, metadata={
         "help": "Anyres tile layouts of a new model, HEIGHTxWIDTH pixels, multiples of the tower's size."})
     mm_projector_type: str = field(default="mlp2x_gelu")
@@ -234,7 +234,7 @@ def save_outputs(model, processor, t: LlavaTrainingArguments) -> Path:
 def make_data(d: DataArguments, t: LlavaTrainingArguments, model, processor):
     """The dataset (malformed records already dropped and counted) and its collator."""
     image_folder = d.image_folder or str(Path(d.data_path).parent)
-    arch = llava_arch_of(model)
+    arch = check_arch(model.config.model_type)
     dataset = LlavaConversations(
         d.data_path,
         image_folder,
@@ -253,10 +253,6 @@ def make_data(d: DataArguments, t: LlavaTrainingArguments, model, processor):
     )
     return dataset, collator
 
-
-def llava_arch_of(model) -> Arch:
-    """The family of a (possibly peft-wrapped) HF LLaVA model, from its config's ``model_type``."""
-    return check_arch(model.config.model_type)
 
 
 def bad_sample_report(out: Path, skipped: SkippedRecords) -> dict:
@@ -308,6 +304,7 @@ def run_training(m: ModelArguments, d: DataArguments, t: LlavaTrainingArguments)
     elif t.lora_enable and t.process_index == 0:  # a freshly built base must exist on disk for it
         base = save_llava(model, processor, out / "base")
         model.config._name_or_path = str(base.resolve())
+    set_seed(t.seed)  # LoRA's weights from the seed alone: loading under ZeRO-3 draws OneVision's image_newline first
     model = set_trainable(model, t)
     if t.gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings must still pass gradients to checkpointed blocks
