@@ -179,7 +179,9 @@ def chart(rows: list[dict], frameworks: list[str], path: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="ov2 eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", required=True, help="LLaVA folder with an OpenVision 2 tower (HF LLaVA, or original LLaVA's)")
+    p.add_argument("--model", required=True,
+                   help="LLaVA folder with an OpenVision 2 tower: HF LLaVA, LLaVA-NeXT or LLaVA-OneVision (ov2 llava-build "
+                        "--arch), a LoRA adapter folder of ov2 llava-train, or original LLaVA's")
     p.add_argument("--framework", default="all", choices=[*FRAMEWORKS, "all"])
     p.add_argument("--suite", default="builtin", choices=["builtin", "public"],
                    help="builtin: the offline scene suite; public: official task names passed to the framework")

@@ -14,6 +14,8 @@ import torch
 from PIL import Image
 
 from ..image_decoding import decode_image
+from ..llava.archs import ARCHS
+from ..llava.build import llava_arch
 
 
 def default_device() -> str:
@@ -37,17 +39,17 @@ def lora_base(path: Path) -> Path:
             f"path (adapter_config.json's base_model_name_or_path), or {fix}."
         )
     model_type = json.loads((Path(base) / "config.json").read_text()).get("model_type")
-    if model_type != "llava":
+    if model_type not in ARCHS:
         raise ValueError(
-            f"{str(path)!r} is a LoRA adapter over a {model_type!r} model; adapters load over HF LLaVA folders only, "
-            f"so {fix}."
+            f"{str(path)!r} is a LoRA adapter over a {model_type!r} model; adapters load over HF LLaVA folders only "
+            f"({', '.join(ARCHS)}), so {fix}."
         )
     return Path(base)
 
 
 def check_model_dir(path: str | Path) -> Path:
-    """The boundary check for ``--model``: an HF LLaVA folder, a LoRA adapter folder over one, or an
-    original-LLaVA folder; else a message with the fix."""
+    """The boundary check for ``--model``: an HF LLaVA, LLaVA-NeXT or LLaVA-OneVision folder (``ARCHS``), a LoRA
+    adapter folder over one, or an original-LLaVA folder; else a message with the fix."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(
@@ -60,17 +62,18 @@ def check_model_dir(path: str | Path) -> Path:
     if not config.is_file():
         raise FileNotFoundError(f"{str(path)!r} has no config.json; pass a LLaVA folder written by 'ov2 llava-build'.")
     model_type = json.loads(config.read_text()).get("model_type")
-    if model_type not in ("llava", ORIGINAL_MODEL_TYPE):
+    if model_type not in (*ARCHS, ORIGINAL_MODEL_TYPE):
         raise ValueError(
-            f"{str(path)!r} holds a {model_type!r} model, not a LLaVA ('llava' or the original code's "
-            f"'{ORIGINAL_MODEL_TYPE}'); the evaluation adapters take LLaVA folders (build one with 'ov2 llava-build')."
+            f"{str(path)!r} holds a {model_type!r} model, not a LLaVA ({', '.join(repr(a) for a in ARCHS)}, or the "
+            f"original code's '{ORIGINAL_MODEL_TYPE}'); the evaluation adapters take LLaVA folders (build one with "
+            f"'ov2 llava-build --arch {'|'.join(ARCHS)}')."
         )
     return path
 
 
 def make_runner(pretrained: str | Path, device: str = "cpu", dtype: str = "float32", batch_size: int = 1,
                 conv_template: str = "vicuna_v1") -> LlavaRunner | OriginalLlavaRunner:
-    """The runner for the folder's kind: HF ``LlavaForConditionalGeneration`` (or a LoRA adapter over
+    """The runner for the folder's kind: an HF LLaVA of any family in ``ARCHS`` (or a LoRA adapter over
     one) or original LLaVA.
 
     ``conv_template`` (a key of llava-torch's ``conv_templates``) only applies to original LLaVA,
@@ -84,18 +87,19 @@ def make_runner(pretrained: str | Path, device: str = "cpu", dtype: str = "float
 
 
 def load_hf_llava(path: Path, dtype: torch.dtype):
-    """An HF LLaVA folder, or a LoRA adapter folder loaded over its base with peft and merged
-    (merged once here, so generation runs at the speed of a plain model)."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    """An HF LLaVA / LLaVA-NeXT / LLaVA-OneVision folder (the class of its ``model_type``), or a LoRA adapter
+    folder loaded over its base with peft and merged (merged once here, so generation runs at the speed of a
+    plain model)."""
+    from transformers import AutoProcessor
 
     import ov2_plugin  # noqa: F401  (registers the OpenVision 2 tower with transformers)
 
     if (path / "config.json").is_file():
-        return LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype), AutoProcessor.from_pretrained(path)
+        return llava_arch(path).model_class.from_pretrained(path, dtype=dtype), AutoProcessor.from_pretrained(path)
     from peft import PeftModel
 
     base = lora_base(path)
-    model = LlavaForConditionalGeneration.from_pretrained(base, dtype=dtype)
+    model = llava_arch(base).model_class.from_pretrained(base, dtype=dtype)
     model = PeftModel.from_pretrained(model, path).merge_and_unload()
     # ov2 llava-train saves the processor beside the adapter; an adapter saved alone uses the base's
     processor_dir = path if (path / "processor_config.json").is_file() or (path / "tokenizer_config.json").is_file() else base
@@ -103,9 +107,12 @@ def load_hf_llava(path: Path, dtype: torch.dtype):
 
 
 class LlavaRunner:
-    """Load an HF LLaVA folder (or a LoRA adapter folder over one) once; generate answers in batches and score continuations.
+    """Load an HF LLaVA, LLaVA-NeXT or LLaVA-OneVision folder (or a LoRA adapter folder over one) once; generate
+    answers in batches and score continuations.
 
-    ``batch_size`` questions are decoded together with left padding; ``generate`` is greedy.
+    ``batch_size`` questions are decoded together with left padding; ``generate`` is greedy. Anyres images of
+    different sizes batch together: the processor expands each ``<image>`` to its own tile count and the
+    model selects each image's tiles by ``image_sizes``, so a batch answers as its questions one by one.
     """
 
     def __init__(self, pretrained: str | Path, device: str = "cpu", dtype: str = "float32", batch_size: int = 1):
@@ -113,6 +120,7 @@ class LlavaRunner:
         self.device = torch.device(device)
         model, self.processor = load_hf_llava(path, getattr(torch, dtype))
         self.model = model.to(self.device).eval()
+        self.nested_images = ARCHS[self.model.config.model_type].multi_image  # OneVision: several images, a square each
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"  # decoder-only batching: prompts end together
         self.batch_size = max(1, int(batch_size))
@@ -126,8 +134,15 @@ class LlavaRunner:
         return "<image>\n" * num_images + question
 
     def _inputs(self, prompts: list[str], images: list[list[Image.Image]]):
-        flat = [decode_image(im) for ims in images for im in ims]  # upright, transparency on white, 16-bit scaled
-        batch = self.processor(text=prompts, images=flat or None, return_tensors="pt", padding=True)
+        """The processor's batch. OneVision takes the images nested per prompt (prompts without one left out, as
+        its image processor drops them): a prompt with several images gets one square tile each, its
+        multi-image rule; the flat list it would otherwise get tiles every image as if alone."""
+        decoded = [[decode_image(im) for im in ims] for ims in images]  # upright, transparency on white, 16-bit scaled
+        if self.nested_images:
+            given = [ims for ims in decoded if ims] or None
+        else:
+            given = [im for ims in decoded for im in ims] or None
+        batch = self.processor(text=prompts, images=given, return_tensors="pt", padding=True)
         return batch.to(self.device)
 
     @torch.inference_mode()
