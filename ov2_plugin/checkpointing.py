@@ -14,10 +14,17 @@
 4. Streams resume where they stood: every checkpoint holds each rank's stream position
    (``data.stream_state``), and a resumed run continues from it instead of re-reading and
    dropping the batches already trained (the Trainer's ``skip_first_batches``).
+5. Faults while saving or resuming end in one line, not a traceback. A save that fails to write
+   (a full disk: ``OSError``, or PyTorch's ``RuntimeError`` from its zip writer) stops every rank
+   with ``CheckpointWriteError`` naming the checkpoint, the error, the last complete checkpoint and
+   how to resume, and removes the partial one. Every complete checkpoint carries a manifest
+   (``checkpoint_manifest``); ``newest_intact_checkpoint`` passes over a damaged one.
 """
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import re
 import shutil
@@ -27,9 +34,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .checkpoint_manifest import verify_checkpoint, write_manifest
 from .data.stream_state import STATE_KEY, StreamTracker, read_stream_state, write_final_counts
+
+logger = logging.getLogger(__name__)
 
 STAGING = ".staging"
 TRAINER_STATE = "trainer_state.json"  # written last by Trainer._save_checkpoint
@@ -38,6 +48,21 @@ _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 class NonFiniteLossError(ValueError):
     """The loss became NaN or infinite; training stopped before the update."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be written, or one named for resuming is damaged; the message says what to do.
+
+    A ``ValueError`` like ``NonFiniteLossError``: ``ov2`` prints it as one line (``cli.USER_ERRORS``).
+    """
+
+
+class CheckpointWriteError(CheckpointError):
+    """Writing a checkpoint failed (full disk, I/O error); the partial one was removed on every rank's behalf."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """The checkpoint named for resuming fails its manifest or format check."""
 
 
 def newest_complete_checkpoint(run_dir: str | os.PathLike) -> str | None:
@@ -49,16 +74,96 @@ def newest_complete_checkpoint(run_dir: str | os.PathLike) -> str | None:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return None
+    found = complete_checkpoints(run_dir)
+    return str(found[0]) if found else None
+
+
+def complete_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The ``checkpoint-N`` folders of ``run_dir`` holding a trainer state, newest (highest N) first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
     steps = [
         (int(m.group(1)), p) for p in run_dir.iterdir()
         if (m := _CHECKPOINT.match(p.name)) and p.is_dir() and (p / TRAINER_STATE).is_file()
     ]
-    return str(max(steps)[1]) if steps else None
+    return [p for _, p in sorted(steps, reverse=True)]
+
+
+def newest_intact_checkpoint(run_dir: str | os.PathLike) -> tuple[str | None, list[tuple[str, str]]]:
+    """The newest complete checkpoint that passes ``verify_checkpoint``, and the newer ones passed over
+    as ``(folder, what is wrong)``. Checks newest first and stops at the first intact one."""
+    damaged = []
+    for folder in complete_checkpoints(run_dir):
+        problem = verify_checkpoint(folder)
+        if problem is None:
+            return str(folder), damaged
+        damaged.append((str(folder), problem))
+    return None, damaged
+
+
+def set_damaged_aside(folder: str | os.PathLike) -> str:
+    """Rename a damaged ``checkpoint-N`` to ``checkpoint-N.damaged`` (kept for inspection): out of the
+    pattern, so rotation (``--save_total_limit``) keeps counting intact checkpoints and a later save
+    of step N does not collide with it. Returns the new name."""
+    folder = Path(folder)
+    target = folder.with_name(folder.name + ".damaged")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(folder, target)
+    return str(target)
+
+
+def clean_staging(run_dir: str | os.PathLike) -> None:
+    """Remove ``.staging/`` left by a save that was killed (a complete checkpoint is never in it)."""
+    staging = Path(run_dir) / STAGING
+    if staging.exists():
+        left = sorted(p.name for p in staging.iterdir()) if staging.is_dir() else []
+        shutil.rmtree(staging, ignore_errors=True)
+        logger.warning("removed %s, the unfinished save%s %s of an interrupted run", staging,
+                       "s" if len(left) != 1 else "", ", ".join(left) or "(empty)")
+
+
+# What the writers raise when the file system refuses a write (seen on a full tmpfs):
+# PyTorch's zip writer a RuntimeError ("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs
+# 598", "PytorchStreamWriter failed writing file ...", "basic_ios::clear: iostream error"); safetensors a
+# SafetensorError ("Error while serializing: I/O error: No space left on device (os error 28)").
+_WRITER_ERRORS = {
+    "RuntimeError": ("inline_container", "PytorchStreamWriter", "iostream error", "file write failed"),
+    "SafetensorError": ("I/O error", "os error"),
+}
+
+
+def is_write_failure(err: BaseException) -> bool:
+    """An error of writing files rather than a bug: any ``OSError``, or a writer's own error for one."""
+    if isinstance(err, OSError):
+        return True
+    markers = next((m for cls in type(err).__mro__ if (m := _WRITER_ERRORS.get(cls.__name__))), ())
+    return any(marker in str(err) for marker in markers)
+
+
+def _describe_write_failure(err: BaseException) -> str:
+    if isinstance(err, OSError):
+        if err.errno is None:
+            return f"{type(err).__name__}: {err}"
+        name = errno.errorcode.get(err.errno, str(err.errno))
+        return f"{err.strerror or err} ({name}{f', {err.filename}' if err.filename else ''})"
+    writer = "PyTorch's file writer" if isinstance(err, RuntimeError) else "safetensors"
+    return f"{writer} failed, usually a full disk ({type(err).__name__}: {err})".replace("\n", " ")
 
 
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+
+
+def _errors_of_every_rank(local: str | None) -> list[str]:
+    """Every rank's error (None where it had none), gathered on all ranks; doubles as a barrier."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [local] if local else []
+    gathered: list[str | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, local)
+    many = dist.get_world_size() > 1
+    return [f"rank {r}: {e}" if many else e for r, e in enumerate(gathered) if e]
 
 
 class EpochDataLoader(DataLoader):
@@ -84,8 +189,10 @@ class Ov2Trainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         """``Trainer.train``; a resumable stream continues from the checkpoint's saved position."""
+        if self.args.should_save:
+            clean_staging(self.args.output_dir)
         if resume_from_checkpoint is True:
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+            resume_from_checkpoint = newest_intact_checkpoint(self.args.output_dir)[0]
         if resume_from_checkpoint and self._streams is not None:
             state = read_stream_state(resume_from_checkpoint, self.args.process_index, self.args.world_size,
                                       self.args.dataloader_num_workers)
@@ -141,21 +248,49 @@ class Ov2Trainer(Trainer):
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         self._staging_dir = staging_root
         try:
-            super()._save_checkpoint(model, trial)  # everything lands in .staging/checkpoint-N
-            if self._streams is not None:
-                self._streams.save(staging_root / name, self.args.process_index, self.args.world_size)
+            error = _written(lambda: self._write_parts(model, trial, staging_root / name))
         finally:
             self._staging_dir = None
-        _barrier()  # every rank has written its part (DeepSpeed shards, rng_state_{rank}.pth)
+        errors = _errors_of_every_rank(error)  # every rank has written its part (DeepSpeed shards, rng_state_{rank}.pth)
+        if not errors and self.args.should_save:
+            error = _written(lambda: self._publish(staging_root / name, final_root / name))
+        errors = errors or _errors_of_every_rank(error)
+        if errors:
+            self._stop_after_failed_save(name, final_root, staging_root, errors[0])
         if self.args.should_save:
-            target = final_root / name
-            if target.exists():  # re-saving a step (e.g. after a resume): replace it whole
-                shutil.rmtree(target)
-            os.replace(staging_root / name, target)
-            _fsync_dir(final_root)
-            shutil.rmtree(staging_root, ignore_errors=True)
             self._rotate(final_root)
         _barrier()
+
+    def _write_parts(self, model, trial, folder: Path) -> None:
+        super()._save_checkpoint(model, trial)  # everything lands in .staging/checkpoint-N
+        if self._streams is not None:
+            self._streams.save(folder, self.args.process_index, self.args.world_size)
+
+    def _publish(self, staged: Path, target: Path) -> None:
+        """Manifest, then the rename into place (main process; every rank has written its files)."""
+        write_manifest(staged, self.state.global_step)
+        if target.exists():  # re-saving a step (e.g. after a resume): replace it whole
+            shutil.rmtree(target)
+        os.replace(staged, target)
+        _fsync_dir(target.parent)
+        shutil.rmtree(staged.parent, ignore_errors=True)
+
+    def _stop_after_failed_save(self, name: str, final_root: Path, staging_root: Path, error: str) -> None:
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)
+        _barrier()
+        last = newest_complete_checkpoint(final_root)
+        try:
+            free = f"{shutil.disk_usage(final_root).free / 2**20:.0f} MiB free there now"
+        except OSError:
+            free = "free space unknown"
+        then = ("then resume with --resume_from_checkpoint latest (the same command otherwise)" if last else
+                "then rerun (there is nothing to resume from yet)")
+        raise CheckpointWriteError(
+            f"could not write {name} in {final_root}: {error}; the partial checkpoint was removed ({free}). "
+            f"Last complete checkpoint: {last or 'none yet'}. Free space (or lower --save_total_limit, or use "
+            f"another --output_dir), {then}."
+        )
 
     def _get_output_dir(self, trial) -> str:
         staging = getattr(self, "_staging_dir", None)
@@ -170,6 +305,17 @@ class Ov2Trainer(Trainer):
             best_model_checkpoint=self.state.best_model_checkpoint,
             use_mtime=False,
         )
+
+
+def _written(write) -> str | None:
+    """Run ``write()``; a write failure (``is_write_failure``) comes back as its description, anything else raises."""
+    try:
+        write()
+    except Exception as err:
+        if not is_write_failure(err):
+            raise
+        return _describe_write_failure(err)
+    return None
 
 
 def _fsync_dir(path: Path) -> None:

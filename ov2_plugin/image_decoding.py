@@ -11,12 +11,18 @@ Web data holds images in modes a plain ``Image.convert("RGB")`` gets wrong, sile
 | CMYK JPEG                          | fine (PIL's conversion)         | the same                               |
 
 Only PIL, numpy and transformers' image utilities are used, so the core stays light.
+
+``JpegImage`` decodes a region of a JPEG at a reduced scale (libjpeg's DCT scaling, PIL's ``draft``):
+a 1024 px photo cropped to 84 px needs an eighth of its pixels, and decoding at 1/8 skips most of the
+inverse DCT and colour conversion (bench/README.md, input pipeline). The result is what
+``decode_image`` + crop + resize gives, from fewer source pixels, never fewer than the output has.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -72,6 +78,99 @@ def _load_whole(img: Image.Image) -> None:
         ImageFile.LOAD_TRUNCATED_IMAGES = saved
 
 
+JPEG_MAGIC = b"\xff\xd8\xff"
+DCT_SCALES = (8, 4, 2)  # libjpeg decodes at 1/8, 1/4, 1/2 of the stored size (and at full size)
+EXIF_ORIENTATION = 0x0112
+Box = tuple[float, float, float, float]  # left, top, right, bottom, in pixels
+
+# EXIF orientation -> (the transpose ``ImageOps.exif_transpose`` applies, upright point -> stored point
+# for a stored image of width w and height h). Points are continuous coordinates (pixel edges).
+_ORIENTATIONS = {
+    2: (Image.Transpose.FLIP_LEFT_RIGHT, lambda u, v, w, h: (w - u, v)),
+    3: (Image.Transpose.ROTATE_180, lambda u, v, w, h: (w - u, h - v)),
+    4: (Image.Transpose.FLIP_TOP_BOTTOM, lambda u, v, w, h: (u, h - v)),
+    5: (Image.Transpose.TRANSPOSE, lambda u, v, w, h: (v, u)),
+    6: (Image.Transpose.ROTATE_270, lambda u, v, w, h: (v, h - u)),
+    7: (Image.Transpose.TRANSVERSE, lambda u, v, w, h: (w - v, h - u)),
+    8: (Image.Transpose.ROTATE_90, lambda u, v, w, h: (w - v, u)),
+}
+
+
+def is_jpeg(data: bytes | bytearray | memoryview) -> bool:
+    return bytes(data[:3]) == JPEG_MAGIC
+
+
+class JpegImage:
+    """A JPEG file's bytes, opened lazily: ``size`` (upright, EXIF applied) comes from the header alone;
+    ``decode`` gives the whole image as ``decode_image`` does; ``decode_region`` a region of it, resized,
+    decoded at the coarsest DCT scale that keeps at least the output's pixels across the region.
+
+    Raises ``ImageDecodeError`` for bytes that are not a readable JPEG header (at construction) or data
+    (when decoding), exactly where ``decode_image`` would.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        try:
+            img = Image.open(io.BytesIO(data))
+            self.orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+        except Exception as err:
+            raise ImageDecodeError(f"not a decodable image ({err.__class__.__name__}: {err})") from err
+        self._img, self.stored_size = img, img.size
+        # MPO: a phone's JPEG with a second picture appended; PIL decodes the first, as a JPEG
+        self.reducible = img.format in ("JPEG", "MPO") and len(img.tile) == 1
+        self.size = self.stored_size[::-1] if self.orientation in (5, 6, 7, 8) else self.stored_size
+
+    def decode(self) -> Image.Image:
+        """The whole image, as ``decode_image`` gives it."""
+        self._img.close()
+        return decode_image(self.data)
+
+    def dct_scale(self, box: Box, size: Sequence[int]) -> int:
+        """The largest DCT scale (8, 4, 2, else 1) at which ``box`` still spans ``size`` = (width, height) pixels."""
+        if not self.reducible:
+            return 1
+        width, height = box[2] - box[0], box[3] - box[1]
+        return next((s for s in DCT_SCALES if width / s >= size[0] and height / s >= size[1]), 1)
+
+    def decode_region(self, box: Box, size: Sequence[int], resample: int = Image.Resampling.BILINEAR) -> Image.Image:
+        """``box`` (upright full-size pixels) resized to ``size`` = (width, height), upright RGB, decoded at
+        ``dct_scale``.
+
+        The box is mapped into the stored orientation and onto the reduced grid (stored pixel x lands at
+        x / scale), resized there with PIL's sub-pixel ``box``, then turned upright: the crop and the
+        output are the full decode's, only the source pixels are fewer.
+        """
+        scale = self.dct_scale(box, size)
+        w, h = self.stored_size
+        stored = upright_box_to_stored(box, self.orientation, self.stored_size)
+        turned = self.orientation in (5, 6, 7, 8)
+        img = self._img
+        try:
+            with img:
+                if scale > 1:
+                    # PIL takes the largest scale <= min(w // request_w, h // request_h): exactly ``scale`` here
+                    drafted = img.draft(img.mode, (w // scale, h // scale))
+                    scale = w / drafted[1][2] if drafted else 1
+                _load_whole(img)
+                rgb = img.convert("RGB")
+        except Exception as err:
+            raise ImageDecodeError(f"not a decodable image ({err.__class__.__name__}: {err})") from err
+        out = rgb.resize((int(size[1]), int(size[0])) if turned else (int(size[0]), int(size[1])), resample,
+                         box=tuple(c / scale for c in stored))
+        method = _ORIENTATIONS.get(self.orientation, (None,))[0]
+        return out.transpose(method) if method is not None else out
+
+
+def upright_box_to_stored(box: Box, orientation: int, stored_size: tuple[int, int]) -> Box:
+    """A box in the upright image -> the same pixels' box in the stored (un-rotated) one."""
+    _, to_stored = _ORIENTATIONS.get(orientation, (None, None))
+    if to_stored is None:
+        return box
+    (x0, y0), (x1, y1) = (to_stored(box[0], box[1], *stored_size), to_stored(box[2], box[3], *stored_size))
+    return (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+
 def decode_image_bytes(data: bytes) -> Image.Image:
     """``decode_image`` for the bytes of an image file (a tar member, a parquet cell)."""
     return decode_image(bytes(data))
@@ -114,4 +213,5 @@ def _to_8bit_gray(img: Image.Image) -> Image.Image:
     return Image.fromarray(scaled)  # uint8 (H, W) -> mode L
 
 
-__all__ = ["ImageDecodeError", "ImageSource", "decode_image", "decode_image_bytes"]
+__all__ = ["ImageDecodeError", "ImageSource", "JpegImage", "decode_image", "decode_image_bytes", "is_jpeg",
+           "upright_box_to_stored"]

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
@@ -27,7 +28,15 @@ from transformers import HfArgumentParser, Trainer, TrainerCallback, TrainingArg
 
 from .activation_checkpointing import MODES as CHECKPOINTING_MODES
 from .atomic_json import write_json_atomically
-from .checkpointing import NonFiniteLossError, Ov2Trainer, newest_complete_checkpoint
+from .checkpoint_manifest import verify_checkpoint
+from .checkpointing import (
+    CheckpointError,
+    DamagedCheckpointError,
+    NonFiniteLossError,
+    Ov2Trainer,
+    newest_intact_checkpoint,
+    set_damaged_aside,
+)
 from .configuration import Ov2Config
 from .data.bad_samples import COUNTS_FOLDER, collect_bad_samples
 from .data.captions import CaptionCollator, SceneCaptions
@@ -119,13 +128,17 @@ class DataArguments:
     grayscale_p: float = field(default=0.2, metadata={"help": "Probability of random grayscale (0: off)."})
     max_bad_fraction: float = field(default=0.25, metadata={
         "help": "Stop when more than this share of the samples read is broken (corrupt, unreadable, no caption)."})
+    reduced_jpeg_decoding: bool = field(default=True, metadata={
+        "help": "Streamed data: decode each JPEG at the coarsest DCT scale (1/8, 1/4, 1/2) that still gives the "
+                "augmentation's crop at least the training resolution's pixels; same crops and random draws as the "
+                "full decode (false: always decode the whole image)."})
 
 
 @dataclass
 class PretrainArguments(TrainingArguments):
     """``TrainingArguments`` with the release's optimiser defaults (AdamW b2 0.95, wd 0.2, cosine).
 
-    ``--resume_from_checkpoint latest`` resumes from the newest complete checkpoint (and skips
+    ``--resume_from_checkpoint latest`` resumes from the newest intact checkpoint (and skips
     finished resolution stages); a path resumes from that checkpoint.
     """
 
@@ -222,6 +235,7 @@ def build_dataset(args: DataArguments, image_size: int, train_args: TrainingArgu
         seed=(train_args.data_seed if train_args.data_seed is not None else train_args.seed) if train_args else 0,
         report_dir=report_dir,
         max_bad_fraction=args.max_bad_fraction,
+        reduced_decoding=args.reduced_jpeg_decoding,
     )
     if args.data == "webdataset":
         from .data.webdataset_source import WebDatasetCaptions
@@ -284,14 +298,29 @@ def write_report(trainer: Trainer | None, metrics: dict, out: Path, history: lis
         plot_loss(history, out / "loss.png")
 
 
-def resolve_resume(value: str | None, run_dir: Path) -> str | None:
-    """``latest``/``true``: newest complete checkpoint in ``run_dir`` (None for a fresh start); a path: itself."""
+def resolve_resume(value: str | None, run_dir: Path, is_main: bool = True) -> str | None:
+    """``latest``/``true``: the newest intact checkpoint in ``run_dir`` (None for a fresh start); a path: itself.
+
+    ``latest`` passes over damaged checkpoints (``checkpoint_manifest.verify_checkpoint``) with one line
+    each, and the main process sets them aside as ``checkpoint-N.damaged``; a damaged checkpoint named
+    by path is refused (``DamagedCheckpointError``).
+    """
     if value is None or str(value).lower() in ("", "false", "none"):
         return None
     if str(value).lower() in ("latest", "true", "auto"):
-        return newest_complete_checkpoint(run_dir)
+        found, damaged = newest_intact_checkpoint(run_dir)
+        for folder, problem in damaged if is_main else ():
+            aside = set_damaged_aside(folder)
+            logger.warning("%s is damaged (%s), set aside as %s; resuming from %s instead", folder, problem,
+                           Path(aside).name, found or "nothing (a fresh start)")
+        return found
     if not (Path(value) / "trainer_state.json").is_file():
         raise FileNotFoundError(f"{value} is not a complete checkpoint folder; use --resume_from_checkpoint latest.")
+    problem = verify_checkpoint(value)
+    if problem is not None:
+        raise DamagedCheckpointError(
+            f"{value} is damaged ({problem}); resume from another checkpoint, or pass --resume_from_checkpoint latest "
+            "to take the newest intact one.")
     return value
 
 
@@ -372,7 +401,7 @@ def train_stage(model: Ov2ForCaptioning, stage: Stage, data_args: DataArguments,
                 tokenizer, run_dir: Path) -> tuple[Trainer, dict]:
     """Train one resolution stage in ``run_dir`` (checkpoints, bad-sample counts, stage weights)."""
     args = stage_arguments(train_args, stage, run_dir)
-    resume = resolve_resume(train_args.resume_from_checkpoint, run_dir)
+    resume = resolve_resume(train_args.resume_from_checkpoint, run_dir, is_main=args.process_index == 0)
     if resume is None:  # a fresh start: forget counts of an earlier run in this folder (own rank's only)
         for f in (run_dir / COUNTS_FOLDER).glob(f"*-rank{args.process_index}-*.json"):
             f.unlink()
@@ -471,6 +500,10 @@ def finish(trainer: Trainer | None, records: list[dict], data_args: DataArgument
         metrics["objective"] = model.config.objective
     tokenizer.save_pretrained(out)
     make_image_processor(model.config.vision_config).save_pretrained(out)
+    if isinstance(model, Ov2ForCaptioning):  # `ov2 caption`'s defaults: greedy that cannot loop (caption.LOOP_STOP)
+        from .caption import save_generation_defaults
+
+        save_generation_defaults(model, out)
     if data_args.data == "scenes" and data_args.eval_samples and isinstance(model, Ov2ForCaptioning):
         from .evaluation.captioning import evaluate_captions
 
@@ -509,5 +542,19 @@ __all__ = ["DataArguments", "ModelArguments", "PretrainArguments", "build_datase
            "run_pretraining"]
 
 
+def run_as_script() -> None:
+    """``python -m`` / ``torchrun -m``: a run stopped on purpose (a failed checkpoint write, a damaged checkpoint,
+    a non-finite loss) ends with its one-line message from rank 0 and exit status 1, not a traceback per rank
+    (``OV2_DEBUG=1`` shows the traceback)."""
+    try:
+        main()
+    except (CheckpointError, NonFiniteLossError) as err:
+        if os.environ.get("OV2_DEBUG"):
+            raise
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"ov2 pretrain: error: {err}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
 if __name__ == "__main__":  # `torchrun -m ov2_plugin.pretrain ...` and `python -m ov2_plugin.pretrain ...`
-    main()
+    run_as_script()

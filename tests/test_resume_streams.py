@@ -182,6 +182,29 @@ def test_webdataset_inception_2_workers_sigkill_resume_is_bitwise_and_skips_whol
     assert_same_run(tmp_path / "straight", tmp_path / "killed")
 
 
+def test_reduced_jpeg_decoding_sigkill_resume_is_bitwise(tmp_path, monkeypatch):
+    """256 px JPEGs trained at 32 px with inception crops: most decode at 1/4 of the stored size (counted below)."""
+    from ov2_plugin.data.transforms import train_transform
+    from ov2_plugin.data.webdataset_source import WebDatasetCaptions
+    from ov2_plugin.image_decoding import JpegImage
+
+    write_scene_shards(tmp_path / "shards", num_shards=12, samples_per_shard=4, image_size=256, corrupt_every=7)
+    pattern = f"{tmp_path}/shards/{{00000..00011}}.tar"
+    steps = one_epoch_of_batches(WebDatasetCaptions(pattern, eval_transform(32), seed=0, shuffle_buffer=5))
+    scales = []
+    original = JpegImage.dct_scale
+    monkeypatch.setattr(JpegImage, "dct_scale", lambda self, *a: scales.append(original(self, *a)) or scales[-1])
+    assert list(WebDatasetCaptions(pattern, train_transform(32), seed=0, shuffle_buffer=5))
+    assert sum(s > 1 for s in scales) > len(scales) // 2, scales
+    data = ["--data", "webdataset", "--train_shards", pattern, "--shuffle_buffer", "5", "--max_steps", str(steps)]
+    straight = pretrain(tmp_path / "straight", *data)
+    killed = pretrain(tmp_path / "killed", *data, kill_at=4)
+    killed_at(killed, tmp_path / "killed", 4)
+    finish(straight)
+    finish(pretrain(tmp_path / "killed", *data, "--resume_from_checkpoint", "latest"))
+    assert_same_run(tmp_path / "straight", tmp_path / "killed")
+
+
 def test_webdataset_on_2_ddp_processes_x_2_workers_sigkill_resume_is_bitwise(tmp_path):
     from ov2_plugin.data.webdataset_source import WebDatasetCaptions
 

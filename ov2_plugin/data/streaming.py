@@ -15,6 +15,13 @@ starts, how many of its samples were used). Resuming re-reads that one block's r
 Augmentation: each sample's transform runs under a torch seed derived from (seed, epoch,
 sample key), so a sample is augmented the same way whatever the number of ranks and workers
 and whether or not the run was interrupted; the process's own generator is left untouched.
+
+Reduced JPEG decoding (``reduced_decoding``, on by default): when the transform starts with a crop
+(``transforms.CropStep``), a JPEG's crop is drawn on its size read from the header, with the
+same random numbers the transform would draw, and only that region is decoded, at the coarsest DCT
+scale that still gives the crop at least the output's pixels (``image_decoding.JpegImage``); the rest
+of the transform follows. Where no scale below 1 qualifies, the full decode and the transform's own
+crop run, so the output is bitwise the full path's. Other formats always take the full path.
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset
 
-from ..image_decoding import ImageDecodeError, decode_image
+from ..image_decoding import ImageDecodeError, JpegImage, decode_image, is_jpeg
 from .bad_samples import CORRUPT_IMAGE, MISSING_CAPTION, UNREADABLE_FILE, BadSampleCounter
 from .sharding import epoch_permutation, split_for, worker_id_and_count
+from .transforms import CropStep
 
 
 @dataclass
@@ -53,16 +61,41 @@ class RawSample:
     where: str | None = None
 
 
-def open_rgb(sample: RawSample) -> Image.Image | str:
-    """The decoded RGB image (``image_decoding.decode_image``), or the bad-sample reason when it cannot be had."""
+def _source(sample: RawSample) -> Image.Image | bytes | str:
+    """The sample's image or file bytes, or the bad-sample reason when the file cannot be read."""
     source = sample.image if sample.image is not None else sample.data
     if source is None:
         try:
             source = Path(sample.path).read_bytes()
         except (OSError, TypeError, ValueError):
             return UNREADABLE_FILE
+    return source
+
+
+def _decoded(source: Image.Image | bytes | str) -> Image.Image | str:
+    if isinstance(source, str):
+        return source
     try:
         return decode_image(source)
+    except ImageDecodeError:
+        return CORRUPT_IMAGE
+
+
+def open_rgb(sample: RawSample) -> Image.Image | str:
+    """The decoded RGB image (``image_decoding.decode_image``), or the bad-sample reason when it cannot be had."""
+    return _decoded(_source(sample))
+
+
+def open_cropped(data: bytes, step: CropStep) -> Image.Image | str:
+    """A JPEG's crop, as ``step`` would take it from the full decode, decoded at a reduced scale where one
+    keeps enough pixels; draws ``step``'s random numbers. The bad-sample reason when it cannot be decoded."""
+    try:
+        jpeg = JpegImage(data)
+        params = step.params(*jpeg.size)
+        box = step.box(params, *jpeg.size)
+        if jpeg.dct_scale(box, step.out_size) > 1:
+            return jpeg.decode_region(box, step.out_size, step.resample)
+        return step.full(jpeg.decode(), params)
     except ImageDecodeError:
         return CORRUPT_IMAGE
 
@@ -82,19 +115,21 @@ class StreamingCaptions(IterableDataset):
         shuffle: permute units each epoch and samples within blocks of ``shuffle_buffer``.
         report_dir: where per-stream bad-sample counts are written (``bad_samples/*.json``).
         max_bad_fraction: stop with ``BadSampleLimitExceeded`` above this share of broken samples.
+        reduced_decoding: decode JPEGs at a reduced DCT scale where the transform's crop allows it.
 
     ``stream_state`` is the worker's position after this sample (see ``data.stream_state``).
     """
 
     def __init__(self, transform: Callable, *, rank: int = 0, world_size: int = 1, seed: int = 0,
                  shuffle: bool = True, shuffle_buffer: int = 0, report_dir: str | None = None,
-                 max_bad_fraction: float = 0.25) -> None:
+                 max_bad_fraction: float = 0.25, reduced_decoding: bool = True) -> None:
         super().__init__()
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside a world of {world_size} processes.")
         self.transform, self.rank, self.world_size, self.seed = transform, rank, world_size, seed
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         self.report_dir, self.max_bad_fraction = report_dir, max_bad_fraction
+        self.crop_step = CropStep.split(transform) if reduced_decoding else None
         self.epoch = 0
         self._resume: dict | None = None  # a rank's saved stream position (``load_stream_state``)
         self._epoch_offset: int | None = None
@@ -181,14 +216,18 @@ class StreamingCaptions(IterableDataset):
         if sample.caption is None or not sample.caption.strip():
             counter.add_bad(MISSING_CAPTION, where)
             return None
-        image = open_rgb(sample)
-        if isinstance(image, str):
-            counter.add_bad(image, where)
-            return None
-        counter.add_good()
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only: ``torch.manual_seed`` would also queue a lazy CUDA seeding (with a
             # recorded stack trace) on every call, several times the cost of a small image's decode.
             torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, sample.key))
-            pixel_values = self.transform(image)
+            source, finish = _source(sample), self.transform
+            if self.crop_step is not None and isinstance(source, bytes | bytearray) and is_jpeg(source):
+                image, finish = open_cropped(source, self.crop_step), self.crop_step.rest  # the crop's draws, first
+            else:
+                image = _decoded(source)
+            if isinstance(image, str):
+                counter.add_bad(image, where)
+                return None
+            counter.add_good()
+            pixel_values = finish(image)
         return {"pixel_values": pixel_values, "caption": sample.caption.strip(), "key": sample.key}
