@@ -2,16 +2,20 @@
 
     python -m ov2_plugin.llava.anyres_end_to_end --output_dir runs/anyres-e2e
 
-1. ``ov2 pretrain``: the quickstart's small OpenVision 2 on the built-in scenes at the tile size (or ``--tower
-   random``: the same architecture, random weights);
+1. ``ov2 pretrain``: the quickstart's small OpenVision 2, briefly, on the built-in scenes at the tile size
+   (``--tower random``: the tiny preset at the tile size, random weights; or a folder to reuse);
 2. data (``ov2_plugin.data.aspect_scenes``): scenes of five aspect ratios, each a whole number of tiles, with a
    big shape (coarse questions) and a small one (detail questions);
 3. for each variant, the identical pipeline with the same tower, random word-level Llama, data, steps and LoRA:
-   stage 1 (projector on captions) -> stage 2 (LoRA on questions) -> greedy answers to held-out questions
-   (another seed), exact match per question type and aspect ratio, and image tokens per image:
-   ``anyres``: ``--arch llava_onevision`` with its default pinpoints scaled to the tower (squashed base image +
-   the tiles of the best-fitting pinpoint); ``single``: ``--arch llava``, whose processor squashes the image
-   to one tower-sized square, the base image OneVision also sees, alone.
+   stage 1 (projector on captions) -> stage 2 (LoRA on multi-turn questions) -> greedy answers to held-out
+   questions (another seed), exact match per question type and aspect ratio, and image tokens per image.
+   The variants (``VARIANTS``) differ only in what the language model is shown of an image:
+   ``anyres``: ``--arch llava_onevision`` with its default pinpoints scaled to the tower: the image squashed to
+   one square (the base) + the tiles of the best-fitting pinpoint, here the scene pixel for pixel;
+   ``single``: ``--arch llava``, whose processor squashes the image to one tower-sized square, the base alone;
+   ``onevision_1x1``: OneVision with pinpoints ``[[S, S]]``: the base + one more square holding the whole image
+   shrunk to fit (letterboxed, its padding's features dropped), nothing finer than the base. Same family, chat
+   format and newline embedding as ``anyres``, so it tells the tiles from the family.
 Writes ``results.json`` and ``results.md``. ``--quick`` shrinks every stage to a smoke test.
 """
 
@@ -20,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -38,28 +41,37 @@ from ..data.aspect_scenes import (
     question_records,
     write_aspect_dataset,
 )
-from .build import IMAGE_TOKEN, load_llava
+from .build import IMAGE_TOKEN, VIDEO_TOKEN, load_llava
+from .chat import CHATML
 from .tiny import build_word_tokenizer, tiny_llama_config
 
 PATCH = 8  # the tiny preset's patch: a 32 px tile is a 4 x 4 grid
-VARIANTS = {"single": "llava", "anyres": "llava_onevision"}  # name -> --arch
+TOWERS = ("pretrain", "random")
+# name -> (--arch, only the tower-sized pinpoint, table heading)
+VARIANTS = {
+    "single": ("llava", False, "single tile (`llava`)"),
+    "onevision_1x1": ("llava_onevision", True, "OneVision, pinpoint SxS only"),
+    "anyres": ("llava_onevision", False, "anyres (OneVision's pinpoints)"),
+}
+CHILD = ("single", "onevision_1x1")  # one after the other in a child process, beside anyres (the costliest)
 FULL = dict(
     side=32,  # the tower's image size = the tile = a scene's short side
     pretrain_steps=1000,
     pretrain_batch=32,
     stage1_scenes=1000,
     stage1_steps=30,
-    stage2_scenes=2000,
-    stage2_steps=300,
+    stage2_scenes=2000,  # one four-question dialogue each
+    stage2_steps=600,
     lora_r=32,
     batch=32,
     eval_scenes=200,
     lm_hidden=128,
     lm_layers=3,
+    lm_heads=8,
     seed=0,
 )
 QUICK = dict(side=16, pretrain_steps=2, pretrain_batch=8, stage1_scenes=10, stage1_steps=2, stage2_scenes=10,
-             stage2_steps=2, lora_r=8, batch=4, eval_scenes=10, lm_hidden=64, lm_layers=2, seed=0)
+             stage2_steps=2, lora_r=8, batch=4, eval_scenes=10, lm_hidden=64, lm_layers=2, lm_heads=2, seed=0)
 
 
 def flags(**kwargs) -> list[str]:
@@ -90,29 +102,36 @@ def make_tower(out: Path, cfg: dict, kind: str) -> Path:
 
 
 def make_language_model(out: Path, cfg: dict) -> Path:
-    """A random word-level Llama (fan-in init, as ``end_to_end``), the same for both variants."""
+    """A random word-level Llama (fan-in init, as ``end_to_end``), the same for every variant."""
     from transformers import LlamaForCausalLM
 
     tokenizer = build_word_tokenizer(aspect_vocabulary())
+    # Every family's special tokens get their own rows here: a token build_llava appends gets the mean output
+    # row, which LoRA (head frozen) can never make the likeliest, and ChatML's <|im_end|> ends every answer.
+    tokenizer.add_tokens([VIDEO_TOKEN, *CHATML.special_tokens], special_tokens=True)
     tokenizer.save_pretrained(out)
     torch.manual_seed(cfg["seed"])
-    config = tiny_llama_config(len(tokenizer), cfg["lm_hidden"], cfg["lm_layers"], initializer_range=cfg["lm_hidden"] ** -0.5)
+    config = tiny_llama_config(len(tokenizer), cfg["lm_hidden"], cfg["lm_layers"],
+                               initializer_range=cfg["lm_hidden"] ** -0.5,
+                               num_attention_heads=cfg["lm_heads"], num_key_value_heads=cfg["lm_heads"])
     LlamaForCausalLM(config).save_pretrained(out)
     return out
 
 
-def run_pipeline(arch: str, tower: Path, lm: Path, data: Path, out: Path, cfg: dict) -> tuple[Path, dict]:
-    """Stage 1 (projector, captions) then stage 2 (LoRA + projector, questions); the merged model and the wall times."""
+def run_pipeline(name: str, tower: Path, lm: Path, data: Path, out: Path, cfg: dict) -> tuple[Path, dict]:
+    """Stage 1 (projector, captions) then stage 2 (LoRA + projector, dialogues); the merged model and wall times."""
     from .train import main as train_main
 
+    arch, one_square, _ = VARIANTS[name]
     common = flags(use_cpu="true", per_device_train_batch_size=cfg["batch"], seed=cfg["seed"], logging_steps=20,
                    dataloader_num_workers=0, model_max_length=256)
+    pinpoints = flags(image_grid_pinpoints=f"{cfg['side']}x{cfg['side']}") if one_square else []
     wall, t = {}, time.time()
     train_main(flags(vision_tower=f"ov2:{tower}", language_model=lm, arch=arch, version="plain",
                      data_path=data / "captions_0.json", tune_mm_mlp_adapter="true", output_dir=out / "stage1",
-                     max_steps=cfg["stage1_steps"], learning_rate=1e-3, warmup_steps=0.1) + common)
+                     max_steps=cfg["stage1_steps"], learning_rate=1e-3, warmup_steps=0.1) + pinpoints + common)
     wall["stage1"], t = time.time() - t, time.time()
-    train_main(flags(model_name_or_path=out / "stage1", data_path=data / "questions_0.json", lora_enable="true",
+    train_main(flags(model_name_or_path=out / "stage1", data_path=data / "dialogues_0.json", lora_enable="true",
                      lora_r=cfg["lora_r"], lora_alpha=2 * cfg["lora_r"], lora_dropout=0.0, learning_rate=1e-3,
                      mm_projector_lr=2e-3, warmup_steps=0.05, lr_scheduler_type="cosine", weight_decay=0.0,
                      merge_lora="true", output_dir=out / "stage2", max_steps=cfg["stage2_steps"]) + common)
@@ -146,9 +165,9 @@ def evaluate(model_dir: Path, cfg: dict, seed: int = 1, batch: int = 50) -> dict
             tokens[r["aspect"]].append(int((ids == image_id).sum()))
     every = [n for per_aspect in tokens.values() for n in per_aspect]
     return {
-        "per_type": {k: hits[k] / totals[k] for k in QUESTION_TYPES if totals[k]},
+        "per_type": {k: hits[k] / totals[k] for k in QUESTION_TYPES},
         "per_type_aspect": {k: hits[k] / totals[k] for k in totals if "/" in k},
-        "counts": {k: totals[k] for k in QUESTION_TYPES if totals[k]},
+        "counts": {k: totals[k] for k in QUESTION_TYPES},
         "overall": sum(hits[k] for k in QUESTION_TYPES) / sum(totals[k] for k in QUESTION_TYPES),
         "image_tokens_mean": sum(every) / len(every),
         "image_tokens_per_aspect": {a: sum(v) / len(v) for a, v in tokens.items()},
@@ -160,41 +179,42 @@ def baselines(cfg: dict, seed: int = 1) -> dict:
     answers = defaultdict(Counter)
     for r in question_records(seed, cfg["eval_scenes"]):
         answers[r["question_type"]][r["conversations"][1]["value"]] += 1
-    return {t: {"chance": 1 / len(ANSWERS[t]), "majority": max(c.values()) / sum(c.values())} for t, c in answers.items()}
+    return {t: {"chance": 1 / len(ANSWERS[t]), "majority": max(c.values()) / sum(c.values())}
+            for t, c in answers.items()}
 
 
 def markdown(results: dict) -> str:
-    single, anyres = results["single"], results["anyres"]
-    rows = ["| question type | n | chance / majority | single tile (`llava`) | anyres (`llava_onevision`) |",
-            "|---|---|---|---|---|"]
+    runs = [results[name] for name in VARIANTS]
+    rows = ["| question type | n | chance / majority | " + " | ".join(v[2] for v in VARIANTS.values()) + " |",
+            "|---" * (3 + len(VARIANTS)) + "|"]
     for t in QUESTION_TYPES:
         base = results["baselines"][t]
-        rows.append(f"| {t} | {anyres['counts'][t]} | {base['chance']:.2f} / {base['majority']:.2f} | "
-                    f"{single['per_type'][t]:.3f} | {anyres['per_type'][t]:.3f} |")
-    rows.append(f"| **all** | {sum(anyres['counts'].values())} | | {single['overall']:.3f} | {anyres['overall']:.3f} |")
-    rows.append(f"| image tokens per image (mean) | | | {single['image_tokens_mean']:.1f} | "
-                f"{anyres['image_tokens_mean']:.1f} |")
-    rows += ["", "Per aspect ratio (width:height), single / anyres:", "",
+        rows.append(f"| {t} | {runs[0]['counts'][t]} | {base['chance']:.2f} / {base['majority']:.2f} | "
+                    + " | ".join(f"{r['per_type'][t]:.3f}" for r in runs) + " |")
+    rows.append(f"| **all** | {sum(runs[0]['counts'].values())} | | "
+                + " | ".join(f"{r['overall']:.3f}" for r in runs) + " |")
+    rows.append("| image tokens per image (mean) | | | " + " | ".join(f"{r['image_tokens_mean']:.1f}" for r in runs)
+                + " |")
+    rows += ["", f"Per aspect ratio (width:height), {' / '.join(VARIANTS)}:", "",
              "| aspect | image tokens | " + " | ".join(QUESTION_TYPES) + " |", "|---" * (len(QUESTION_TYPES) + 2) + "|"]
     for a in ASPECTS:
-        if a not in anyres["image_tokens_per_aspect"]:
+        if a not in runs[0]["image_tokens_per_aspect"]:
             continue
-        cells = [f"{single['per_type_aspect'][f'{t}/{a}']:.2f} / {anyres['per_type_aspect'][f'{t}/{a}']:.2f}"
-                 for t in QUESTION_TYPES]
-        tokens = f"{single['image_tokens_per_aspect'][a]:.0f} / {anyres['image_tokens_per_aspect'][a]:.0f}"
+        cells = [" / ".join(f"{r['per_type_aspect'][f'{t}/{a}']:.2f}" for r in runs) for t in QUESTION_TYPES]
+        tokens = " / ".join(f"{r['image_tokens_per_aspect'][a]:.0f}" for r in runs)
         rows.append(f"| {a} | {tokens} | " + " | ".join(cells) + " |")
-    rows += ["", "| wall time, s | single | anyres |", "|---|---|---|"]
+    rows += ["", "| wall time, s | " + " | ".join(VARIANTS) + " |", "|---" * (1 + len(VARIANTS)) + "|"]
     for stage in ("stage1", "stage2", "eval"):
-        rows.append(f"| {stage} | {single['wall_s'][stage]:.0f} | {anyres['wall_s'][stage]:.0f} |")
+        rows.append(f"| {stage} | " + " | ".join(f"{r['wall_s'][stage]:.0f}" for r in runs) + " |")
     shared = ", ".join(f"{k} {v:.0f} s" for k, v in results["wall_s"].items())
     return "\n".join(rows) + (
         f"\n\nWall time: {shared}. Tower: {results['tower']}. Settings: `{json.dumps(results['settings'])}`\n"
     )
 
 
-def claim_output_dir(out: Path, stamp_data: dict, only: str | None) -> None:
+def claim_output_dir(out: Path, stamp_data: dict, only: list[str]) -> None:
     """One set of settings per folder, and no result from an earlier run in it (the tower, language model and
-    data found there are reused, which the second process relies on)."""
+    data found there are reused, which the child process relies on)."""
     stamp = out / "settings.json"
     if stamp.is_file() and json.loads(stamp.read_text()) != stamp_data:
         raise ValueError(f"{out} holds an anyres run with other settings (see {stamp}); pass a new --output_dir.")
@@ -202,45 +222,54 @@ def claim_output_dir(out: Path, stamp_data: dict, only: str | None) -> None:
         raise ValueError(f"{out} is not empty and holds no anyres run settings; pass a new --output_dir.")
     out.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(stamp_data))
-    for name in VARIANTS if only is None else (only,):
+    for name in only:
         (out / name / "eval.json").unlink(missing_ok=True)
 
 
-def start_single_pipeline(out: Path, args: argparse.Namespace) -> subprocess.Popen:
-    """``--only single`` in a child process, each process on half of the CPU threads (small ops use two cores
-    poorly, so two pipelines side by side finish sooner than one after the other)."""
+def start_child(out: Path, args: argparse.Namespace) -> subprocess.Popen:
+    """The ``CHILD`` variants in a child process, each process on half of the CPU threads (small ops use two
+    cores poorly, so pipelines side by side finish sooner than one after the other)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // 2))
-    cmd = [sys.executable, "-m", __spec__.name, "--output_dir", str(out), "--only", "single", "--tower", args.tower,
+    cmd = [sys.executable, "-m", __spec__.name, "--output_dir", str(out), "--only", *CHILD, "--tower", args.tower,
            *(["--quick"] if args.quick else []), "--set", *args.set]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads - threads // 2))}
-    with open(out / "single.log", "w") as log:
+    with open(out / "child.log", "w") as log:
         return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def prepare(out: Path, cfg: dict, tower_kind: str) -> dict:
+def tower_dir(out: Path, tower: str) -> Path:
+    """Where the tower is: made in ``out/tower`` (``pretrain``, ``random``), or a given ``ov2 pretrain`` folder."""
+    if tower in TOWERS:
+        return out / "tower"
+    if not (Path(tower) / "config.json").is_file():
+        raise FileNotFoundError(f"--tower {tower!r} is neither {' nor '.join(TOWERS)} nor a folder with a config.json; "
+                                "pass an 'ov2 pretrain' output folder.")
+    return Path(tower)
+
+
+def prepare(out: Path, cfg: dict, tower: str) -> dict:
     """The shared inputs, made once: tower, language model, data. Returns their wall times."""
     wall, t = {}, time.time()
-    if not (out / "tower" / "config.json").is_file():
-        make_tower(out / "tower", cfg, tower_kind)
+    if not (tower_dir(out, tower) / "config.json").is_file():
+        make_tower(out / "tower", cfg, tower)
     wall["tower"], t = time.time() - t, time.time()
     if not (out / "lm" / "config.json").is_file():
         make_language_model(out / "lm", cfg)
-    if not (out / "data" / "questions_0.json").is_file():
+    if not (out / "data" / "dialogues_0.json").is_file():
         write_aspect_dataset(out / "data", "captions", 0, cfg["stage1_scenes"], cfg["side"])
-        write_aspect_dataset(out / "data", "questions", 0, cfg["stage2_scenes"], cfg["side"])
+        write_aspect_dataset(out / "data", "dialogues", 0, cfg["stage2_scenes"], cfg["side"])
     wall["lm+data"] = time.time() - t
     return wall
 
 
-def run_variant(name: str, out: Path, cfg: dict) -> None:
+def run_variant(name: str, out: Path, cfg: dict, tower: Path) -> None:
     t = time.time()
-    model_dir, wall = run_pipeline(VARIANTS[name], out / "tower", out / "lm", out / "data", out / name, cfg)
+    model_dir, wall = run_pipeline(name, tower, out / "lm", out / "data", out / name, cfg)
     t_eval = time.time()
     result = evaluate(model_dir, cfg)
     wall["eval"] = time.time() - t_eval
-    result.update(arch=VARIANTS[name], wall_s={**wall, "total": time.time() - t},
-                  cpu_s=resource.getrusage(resource.RUSAGE_SELF).ru_utime)
+    result.update(arch=VARIANTS[name][0], wall_s={**wall, "total": time.time() - t})
     (out / name / "eval.json").write_text(json.dumps(result, indent=2))
 
 
@@ -248,26 +277,27 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output_dir", default="runs/anyres-e2e")
     p.add_argument("--quick", action="store_true", help="Tiny smoke-test sizes (mechanics only).")
-    p.add_argument("--tower", choices=["pretrain", "random"], default="pretrain",
-                   help="pretrain: the quickstart recipe for pretrain_steps at the tile size; random: its architecture, "
-                        "random weights.")
-    p.add_argument("--only", choices=list(VARIANTS), default=None,
-                   help="Run one variant; the tables are written once both exist. Without it the single-tile variant "
-                        "runs in a child process beside this one, each on half the CPU threads.")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=INT", help="Override sizes, e.g. stage2_steps=200.")
+    p.add_argument("--tower", default="pretrain",
+                   help="pretrain: the quickstart recipe for pretrain_steps at the tile size; random: the tiny preset at "
+                        "the tile size, random weights; or an 'ov2 pretrain' output folder to reuse.")
+    p.add_argument("--only", nargs="+", choices=list(VARIANTS), default=None,
+                   help="Run these variants here; the tables are written once all exist. Without it "
+                        f"{' and '.join(CHILD)} run in a child process beside this one, each on half the CPU threads.")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=INT", help="Override sizes, e.g. stage2_steps=300.")
     args = p.parse_args(argv)
     cfg = dict(QUICK if args.quick else FULL)
     cfg.update({k: int(v) for k, v in (kv.split("=") for kv in args.set)})
     out, t0 = Path(args.output_dir), time.time()
-    claim_output_dir(out, {"settings": cfg, "tower": args.tower}, args.only)
+    claim_output_dir(out, {"settings": cfg, "tower": args.tower}, args.only or list(VARIANTS))
     wall = prepare(out, cfg, args.tower)
     only, child = args.only, None
     if only is None:
-        child = start_single_pipeline(out, args)
-        only = "anyres"
-    run_variant(only, out, cfg)
+        child = start_child(out, args)
+        only = [name for name in VARIANTS if name not in CHILD]
+    for name in only:
+        run_variant(name, out, cfg, tower_dir(out, args.tower))
     if child is not None and child.wait() != 0:
-        raise RuntimeError(f"The single-tile pipeline failed (exit {child.returncode}); see {out}/single.log.")
+        raise RuntimeError(f"The {' and '.join(CHILD)} pipelines failed (exit {child.returncode}); see {out}/child.log.")
     wall["total"] = time.time() - t0
     if not all((out / n / "eval.json").is_file() for n in VARIANTS):
         return {}
