@@ -23,9 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -43,7 +40,7 @@ from ..data.aspect_scenes import (
 )
 from .build import IMAGE_TOKEN, VIDEO_TOKEN, load_llava
 from .chat import CHATML
-from .tiny import build_word_tokenizer, tiny_llama_config
+from .end_to_end import claim_output_dir, make_language_model, start_beside
 
 PATCH = 8  # the tiny preset's patch: a 32 px tile is a 4 x 4 grid
 TOWERS = ("pretrain", "random")
@@ -98,23 +95,6 @@ def make_tower(out: Path, cfg: dict, kind: str) -> Path:
         recipe="quickstart", image_size=cfg["side"], output_dir=out, max_steps=cfg["pretrain_steps"],
         per_device_train_batch_size=cfg["pretrain_batch"], eval_samples=0, save_strategy="no", use_cpu="true",
         bf16=str(resolve_bf16("auto", "cpu")).lower(), seed=cfg["seed"]))
-    return out
-
-
-def make_language_model(out: Path, cfg: dict) -> Path:
-    """A random word-level Llama (fan-in init, as ``end_to_end``), the same for every variant."""
-    from transformers import LlamaForCausalLM
-
-    tokenizer = build_word_tokenizer(aspect_vocabulary())
-    # Every family's special tokens get their own rows here: a token build_llava appends gets the mean output
-    # row, which LoRA (head frozen) can never make the likeliest, and ChatML's <|im_end|> ends every answer.
-    tokenizer.add_tokens([VIDEO_TOKEN, *CHATML.special_tokens], special_tokens=True)
-    tokenizer.save_pretrained(out)
-    torch.manual_seed(cfg["seed"])
-    config = tiny_llama_config(len(tokenizer), cfg["lm_hidden"], cfg["lm_layers"],
-                               initializer_range=cfg["lm_hidden"] ** -0.5,
-                               num_attention_heads=cfg["lm_heads"], num_key_value_heads=cfg["lm_heads"])
-    LlamaForCausalLM(config).save_pretrained(out)
     return out
 
 
@@ -212,32 +192,6 @@ def markdown(results: dict) -> str:
     )
 
 
-def claim_output_dir(out: Path, stamp_data: dict, only: list[str]) -> None:
-    """One set of settings per folder, and no result from an earlier run in it (the tower, language model and
-    data found there are reused, which the child process relies on)."""
-    stamp = out / "settings.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) != stamp_data:
-        raise ValueError(f"{out} holds an anyres run with other settings (see {stamp}); pass a new --output_dir.")
-    if not stamp.is_file() and out.is_dir() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty and holds no anyres run settings; pass a new --output_dir.")
-    out.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(stamp_data))
-    for name in only:
-        (out / name / "eval.json").unlink(missing_ok=True)
-
-
-def start_child(out: Path, args: argparse.Namespace) -> subprocess.Popen:
-    """The ``CHILD`` variants in a child process, each process on half of the CPU threads (small ops use two
-    cores poorly, so pipelines side by side finish sooner than one after the other)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // 2))
-    cmd = [sys.executable, "-m", __spec__.name, "--output_dir", str(out), "--only", *CHILD, "--tower", args.tower,
-           *(["--quick"] if args.quick else []), "--set", *args.set]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads - threads // 2))}
-    with open(out / "child.log", "w") as log:
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
-
-
 def tower_dir(out: Path, tower: str) -> Path:
     """Where the tower is: made in ``out/tower`` (``pretrain``, ``random``), or a given ``ov2 pretrain`` folder."""
     if tower in TOWERS:
@@ -255,7 +209,8 @@ def prepare(out: Path, cfg: dict, tower: str) -> dict:
         make_tower(out / "tower", cfg, tower)
     wall["tower"], t = time.time() - t, time.time()
     if not (out / "lm" / "config.json").is_file():
-        make_language_model(out / "lm", cfg)
+        # every family's special tokens get rows of their own: ChatML's <|im_end|> ends every answer
+        make_language_model(out / "lm", cfg, aspect_vocabulary(), (VIDEO_TOKEN, *CHATML.special_tokens))
     if not (out / "data" / "dialogues_0.json").is_file():
         write_aspect_dataset(out / "data", "captions", 0, cfg["stage1_scenes"], cfg["side"])
         write_aspect_dataset(out / "data", "dialogues", 0, cfg["stage2_scenes"], cfg["side"])
@@ -292,7 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
     wall = prepare(out, cfg, args.tower)
     only, child = args.only, None
     if only is None:
-        child = start_child(out, args)
+        child = start_beside(__spec__.name, ["--output_dir", str(out), "--only", *CHILD, "--tower", args.tower,
+                                             *(["--quick"] if args.quick else []), "--set", *args.set],
+                             out / "child.log")
         only = [name for name in VARIANTS if name not in CHILD]
     for name in only:
         run_variant(name, out, cfg, tower_dir(out, args.tower))

@@ -95,16 +95,23 @@ def random_tower(pretrained: Path, out: Path, seed: int) -> Path:
     return out
 
 
-def make_language_model(out: Path, cfg: dict) -> Path:
+def make_language_model(out: Path, cfg: dict, words: list[str] | None = None, special_tokens: tuple[str, ...] = ()) -> Path:
+    """A random word-level Llama over ``words`` (the built-in questions' by default); ``special_tokens`` get rows
+    of their own here, before the weights are drawn (a token ``build_llava`` appends later gets the mean output
+    row, which LoRA, with the head frozen, can never make the likeliest). ``cfg["lm_heads"]``: the heads, if set."""
     from transformers import LlamaForCausalLM
 
-    tokenizer = build_word_tokenizer(vocabulary())
+    tokenizer = build_word_tokenizer(vocabulary() if words is None else words)
+    if special_tokens:
+        tokenizer.add_tokens(list(special_tokens), special_tokens=True)
     tokenizer.save_pretrained(out)
     torch.manual_seed(cfg["seed"])
     # Fan-in init (1/sqrt(width)) instead of transformers' 0.02: LoRA leaves the head and the final
     # norm frozen, and with a 0.02 head on 128-wide states no logit can exceed ~2.5, which caps
     # how sure any answer can get (stage 2's loss sat at 3.4 nats whatever the tower).
-    config = tiny_llama_config(len(tokenizer), cfg["lm_hidden"], cfg["lm_layers"], initializer_range=cfg["lm_hidden"] ** -0.5)
+    heads = {"num_attention_heads": cfg["lm_heads"], "num_key_value_heads": cfg["lm_heads"]} if "lm_heads" in cfg else {}
+    config = tiny_llama_config(len(tokenizer), cfg["lm_hidden"], cfg["lm_layers"],
+                               initializer_range=cfg["lm_hidden"] ** -0.5, **heads)
     LlamaForCausalLM(config).save_pretrained(out)
     return out
 
@@ -246,37 +253,36 @@ def markdown(results: dict) -> str:
     )
 
 
-def claim_output_dir(out: Path, cfg: dict, tower: Path, only: str | None) -> None:
-    """One set of settings per folder, and no result from an earlier run in it.
+def claim_output_dir(out: Path, stamp_data: dict, names) -> None:
+    """One set of settings (``stamp_data``) per folder, and no result of the pipelines ``names`` from an earlier
+    run in it.
 
-    Why: the language model, the random tower and the data are reused when present (the second
+    Why: the language model, the towers and the data are reused when present (the second
     process of a side-by-side run relies on that), so a folder made with another seed or size
     would silently mix runs; and an old ``eval.json`` would end up in the new tables.
     """
-    stamp, mine = out / "settings.json", {"settings": cfg, "tower": str(tower)}
-    if stamp.is_file() and json.loads(stamp.read_text()) != mine:
-        raise ValueError(f"{out} holds an end-to-end run with other settings (see {stamp}); pass a new --output_dir.")
+    stamp = out / "settings.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != stamp_data:
+        raise ValueError(f"{out} holds a run with other settings (see {stamp}); pass a new --output_dir.")
     if not stamp.is_file() and out.is_dir() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty and holds no end-to-end run settings; pass a new --output_dir.")
+        raise ValueError(f"{out} is not empty and holds no run settings; pass a new --output_dir.")
     out.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(mine))
-    for name in ("pretrained", "random") if only is None else (only,):
+    stamp.write_text(json.dumps(stamp_data))
+    for name in names:
         (out / name / "eval.json").unlink(missing_ok=True)
 
 
-def start_control_pipeline(out: Path, pretrained: Path, args: argparse.Namespace) -> subprocess.Popen:
-    """``--only random`` in a child process; this process keeps half of the threads.
+def start_beside(module: str, args: list[str], log: Path) -> subprocess.Popen:
+    """``python -m module *args`` in a child process; this process keeps half of the threads, the child the rest.
 
     Why: stage 1, stage 2 and the evaluation are many small ops that do not use two cores well,
     so two pipelines side by side finish much sooner than one after the other.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // 2))
-    cmd = [sys.executable, "-m", __spec__.name, "--output_dir", str(out), "--pretrained", str(pretrained),
-           "--only", "random", "--bf16", args.bf16, *(["--quick"] if args.quick else []), "--set", *args.set]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads - threads // 2))}
-    with open(out / "random.log", "w") as log:  # the child keeps its own copy of the file
-        return subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(log, "w") as handle:  # the child keeps its own copy of the file
+        return subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=handle, stderr=subprocess.STDOUT)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -300,7 +306,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.pretrained:
         cfg["image_size"] = load_llava_tower_size(args.pretrained)
     pretrained = Path(args.pretrained or out / "ov2")
-    claim_output_dir(out, cfg, pretrained, args.only)
+    claim_output_dir(out, {"settings": cfg, "tower": str(pretrained)},
+                     ("pretrained", "random") if args.only is None else (args.only,))
     if not args.pretrained:
         from ..pretrain import resolve_bf16
 
@@ -317,7 +324,9 @@ def main(argv: list[str] | None = None) -> dict:
     wall["pretrain+data"] = time.time() - t0
     only, control_run = args.only, None
     if only is None:  # the two pipelines are independent: run the control beside this one
-        control_run = start_control_pipeline(out, pretrained, args)
+        control_run = start_beside(__spec__.name, ["--output_dir", str(out), "--pretrained", str(pretrained), "--only",
+                                                   "random", "--bf16", args.bf16, *(["--quick"] if args.quick else []),
+                                                   "--set", *args.set], out / "random.log")
         only = "pretrained"
     for name, tower in (("pretrained", pretrained), ("random", control)):
         if name != only:
