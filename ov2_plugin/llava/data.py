@@ -244,9 +244,9 @@ class LlavaConversations(Dataset):
         skipped = []
         for step in range(min(len(self), MAX_CONSECUTIVE_BAD)):
             index = (i + step) % len(self)
-            images = [read_image(self.image_folder / name) for name in record_images(self.records[index])]
-            bad = [(image, str(self.image_folder / name))
-                   for image, name in zip(images, record_images(self.records[index])) if isinstance(image, str)]
+            paths = [self.image_folder / name for name in record_images(self.records[index])]
+            images = [read_image(path) for path in paths]
+            bad = [(image, str(path)) for image, path in zip(images, paths) if isinstance(image, str)]
             if bad:
                 skipped.append(bad[0])  # one record, one count: its first unreadable image names it
                 continue
