@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "llava-train": ("ov2_plugin.llava.train", "main", "LLaVA stage 1 / stage 2 / LoRA training with an OpenVision 2 tower"),
     "probe": ("ov2_plugin.evaluation.scene_probe", "main", "linear probes of towers' features on the built-in scenes (no language model)"),
     "compare": ("ov2_plugin.experiments.objectives", "main", "pretraining objectives (OpenVision 2, OV1, CLIP, CoCa) at equal FLOPs, judged downstream"),
-    "eval": ("ov2_plugin.evaluation.run", "main", "score a LLaVA model via lmms-eval / VLMEvalKit / lm-eval ('ov2 eval suite' writes the suite)"),
+    "eval": ("ov2_plugin.evaluation.cli", "main", "score a LLaVA model via lmms-eval / VLMEvalKit / lm-eval ('ov2 eval suite' writes the suite)"),
     "export": ("ov2_plugin.convert.export_tower", "main", "write a self-contained vision-tower folder (trust_remote_code) that loads without ov2_plugin"),
 }
 

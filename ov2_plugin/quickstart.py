@@ -17,7 +17,8 @@ from rich.table import Table
 
 from .caption import caption_images
 from .data.scenes import make_scene
-from .pretrain import DataArguments, ModelArguments, PretrainArguments, bf16_is_fast, run_pretraining
+from .devices import bf16_is_fast
+from .pretrain import DataArguments, ModelArguments, PretrainArguments, run_pretraining
 
 
 def quickstart_arguments(

@@ -20,7 +20,7 @@ from ov2_plugin import Ov2VisionConfig, Ov2VisionModel, make_image_processor
 from ov2_plugin.cli import main as ov2
 from ov2_plugin.data.instructions import vocabulary, write_dataset
 from ov2_plugin.data.scenes import make_scene
-from ov2_plugin.evaluation.run import evaluate, parse_args
+from ov2_plugin.evaluation.cli import evaluate, parse_args
 from ov2_plugin.evaluation.runner import LlavaRunner, check_model_dir
 from ov2_plugin.evaluation.suite import write_suite
 from ov2_plugin.llava import ARCHS, build_word_tokenizer, tiny_llama_config

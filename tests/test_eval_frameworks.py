@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ov2_plugin.evaluation import metrics
-from ov2_plugin.evaluation.run import evaluate, parse_args
+from ov2_plugin.evaluation.cli import evaluate, parse_args
 from ov2_plugin.evaluation.runner import LlavaRunner, build_tiny_llava
 
 TASKS = ["ov2_pope_random", "ov2_mme", "ov2_choice"]

@@ -44,7 +44,7 @@ def test_bf16_only_where_the_cpu_has_bf16_matmul_instructions(monkeypatch):
     # oneDNN reports bf16 support on any AVX-512 CPU, where it is emulated and slower than fp32
     import torch
 
-    from ov2_plugin.pretrain import bf16_is_fast, resolve_bf16
+    from ov2_plugin.devices import bf16_is_fast, resolve_bf16
 
     for avx512_bf16, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)

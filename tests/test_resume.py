@@ -13,11 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ov2_plugin.checkpointing import STAGING, NonFiniteLossError, Ov2Trainer, newest_complete_checkpoint
 from ov2_plugin.data.captions import CaptionCollator, SceneCaptions
 from ov2_plugin.data.transforms import eval_transform
 from ov2_plugin.pretrain import PretrainArguments
 from ov2_plugin.tokenization import build_caption_tokenizer
+from ov2_plugin.trainer import STAGING, NonFiniteLossError, Ov2Trainer, newest_complete_checkpoint
 
 RUN = [
     "--image_size", "32", "--max_steps", "8", "--per_device_train_batch_size", "4", "--train_samples", "64",

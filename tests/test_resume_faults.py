@@ -20,7 +20,11 @@ import torch
 from safetensors.torch import load_file
 
 from ov2_plugin.checkpoint_manifest import MANIFEST, verify_checkpoint
-from ov2_plugin.checkpointing import (
+from ov2_plugin.data.captions import CaptionCollator, SceneCaptions
+from ov2_plugin.data.transforms import eval_transform
+from ov2_plugin.pretrain import PretrainArguments, resolve_resume
+from ov2_plugin.tokenization import build_caption_tokenizer
+from ov2_plugin.trainer import (
     STAGING,
     CheckpointWriteError,
     DamagedCheckpointError,
@@ -29,10 +33,6 @@ from ov2_plugin.checkpointing import (
     newest_complete_checkpoint,
     newest_intact_checkpoint,
 )
-from ov2_plugin.data.captions import CaptionCollator, SceneCaptions
-from ov2_plugin.data.transforms import eval_transform
-from ov2_plugin.pretrain import PretrainArguments, resolve_resume
-from ov2_plugin.tokenization import build_caption_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 

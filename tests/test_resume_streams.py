@@ -22,9 +22,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ov2_plugin.checkpointing import newest_complete_checkpoint
 from ov2_plugin.data.scene_shards import write_scene_json, write_scene_shards
 from ov2_plugin.data.transforms import eval_transform
+from ov2_plugin.trainer import newest_complete_checkpoint
 
 pytest.importorskip("webdataset")
 ROOT = Path(__file__).resolve().parents[1]

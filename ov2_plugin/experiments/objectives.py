@@ -99,8 +99,8 @@ def in_child(fn, *args):
 
 
 def run_pretrain(recipe: dict, objective: str, seed: int, steps: int, step_flops: float, tower: Path) -> dict:
+    from ..devices import resolve_bf16
     from ..pretrain import main as pretrain_main
-    from ..pretrain import resolve_bf16
     from .cost import PeakMemory
 
     shutil.rmtree(tower, ignore_errors=True)  # what an interrupted run left

@@ -88,8 +88,8 @@ def make_tower(out: Path, cfg: dict, kind: str) -> Path:
         Ov2VisionModel(config).save_pretrained(out)
         make_image_processor(config).save_pretrained(out)
         return out
+    from ..devices import resolve_bf16
     from ..pretrain import main as pretrain_main
-    from ..pretrain import resolve_bf16
 
     pretrain_main(flags(
         recipe="quickstart", image_size=cfg["side"], output_dir=out, max_steps=cfg["pretrain_steps"],

@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> dict:
     claim_output_dir(out, {"settings": cfg, "tower": str(pretrained)},
                      ("pretrained", "random") if args.only is None else (args.only,))
     if not args.pretrained:
-        from ..pretrain import resolve_bf16
+        from ..devices import resolve_bf16
 
         pretrain_tower(pretrained, cfg, resolve_bf16(args.bf16, "cpu"))
     # shared inputs are made once, so a second process (--only) reuses them untouched
