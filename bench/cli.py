@@ -1,4 +1,5 @@
-"""``python -m bench``: the cost comparison of OpenVision 2 against an OpenVision-1-style model and CoCa.
+"""``python -m bench``: the cost comparison of OpenVision 2 against OpenVision 1 and open_clip's CoCa,
+both as ``ov2 compare`` trains them (``ov2_plugin.baselines``; CoCa without attentional pooler).
 
     python -m bench run [--shape cpu] [--variants ...] [--ablate] [--paper-flops]
     python -m bench flops [--shapes L/14 So400M/14]     counted FLOPs at the paper's sizes (meta device)

@@ -1,25 +1,14 @@
-"""Counted FLOPs of a training step, with torch's own counter (``FlopCounterMode``).
+"""Counted FLOPs of a variant's training step at any size, on the meta device.
 
-Counted, not estimated: every matmul, convolution and attention the step really runs (forward
-and backward) is added up, so token dropping, the text encoder and CoCa's cross-attention all
-show up as they are executed. Elementwise ops are not counted (by design of the counter): they
-cost time but no matmul FLOPs, which is part of what the hardware-efficiency figure exposes.
+The counter is the package's (``ov2_plugin.experiments.cost.count_flops``, which ``ov2 compare``
+uses too): every matmul, convolution and attention the step really runs, forward and backward.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-
-def count_flops(step: Callable[[], Any]) -> tuple[int, Any]:
-    """Run ``step()`` once under the counter; returns (total FLOPs, what ``step`` returned)."""
-    with FlopCounterMode(display=False) as counter:
-        out = step()
-    return counter.get_total_flops(), out
+from ov2_plugin.experiments.cost import count_flops
 
 
 def count_variant_flops(variant_name: str, shape_name: str, batch_size: int = 1) -> int:
@@ -37,6 +26,5 @@ def count_variant_flops(variant_name: str, shape_name: str, batch_size: int = 1)
     batch = make_batch(shape, batch_size, device="meta")
     batch["attention_mask"] = torch.ones_like(batch["attention_mask"])
     batch["labels"] = batch["input_ids"]
-    with FlopCounterMode(display=False) as counter:
-        variant.loss(batch).backward()
-    return counter.get_total_flops()
+    flops, _ = count_flops(lambda: variant.loss(batch).backward())
+    return flops

@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 
 
-def rss_mib(field: str = "VmRSS") -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
+def rss_mib(peak: bool = False) -> float:
+    """This process's RSS now (``VmRSS``) or its peak (``VmHWM``), MiB (``ov2_plugin.devices``)."""
+    from ov2_plugin.devices import peak_rss_bytes, rss_bytes
+
+    return (peak_rss_bytes() if peak else rss_bytes()) / 2**20
 
 
 def write_data(root: Path, records: int) -> Path:
@@ -63,7 +63,7 @@ def measure_ours(path: Path) -> dict:
         if n % max(1, total // 10) == 0:
             samples.append((n, round(rss_mib(), 1)))
     return {"rss_before_mib": round(before, 1), "rss_after_index_mib": round(after_index, 1), "index_s": round(index_s, 2),
-            "rss_while_streaming_mib": samples, "peak_mib": round(rss_mib("VmHWM"), 1), "samples": n,
+            "rss_while_streaming_mib": samples, "peak_mib": round(rss_mib(peak=True), 1), "samples": n,
             "samples_per_s": round(n / (time.time() - start))}
 
 

@@ -67,31 +67,16 @@ def image_features(model, pixels):
 
 def peak_memory(kind: str, args) -> float:
     """MiB the forward passes add on top of the built model (run in this child process)."""
+    from ov2_plugin.devices import peak_memory_bytes, reset_peak_memory
+
+    device = torch.device(args.device)
     model = build(kind, args.preset, args.image_size, args.device)
-    pixels = torch.randn(args.batch, 3, args.image_size, args.image_size, device=args.device)
+    pixels = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     with torch.no_grad():
-        if args.device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            for _ in range(3):
-                image_features(model, pixels)
-            return (torch.cuda.max_memory_allocated() - base) / 2**20
-        reset_peak_rss()
-        base = rss_kib("VmRSS")
+        base = reset_peak_memory(device)  # building does not count
         for _ in range(3):
             image_features(model, pixels)
-        return (rss_kib("VmHWM") - base) / 1024
-
-
-def reset_peak_rss() -> None:
-    """Linux: writing 5 to clear_refs resets the peak RSS, so model building does not count."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+        return (peak_memory_bytes(device) - base) / 2**20
 
 
 def timings(args) -> dict[str, float]:

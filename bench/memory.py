@@ -60,7 +60,7 @@ TAGS = {
     "ov1": ({"captioner.vision_model": "vit", **{f"captioner.{k}": v for k, v in _DECODER.items()},
              "image_projection": "contrastive", "text_encoder": "text tower"},
             {"vit": "vit", "decoder": "head + loss", "text tower": "contrastive"}),
-    "coca": ({"visual": "vit", "text": "text tower", "text_decoder": "decoder"},
+    "coca": ({"coca.visual": "vit", "coca.text": "text tower", "coca.text_decoder": "decoder"},
              {"vit": "vit", "text tower": "text tower", "decoder": "head + loss"}),
 }
 

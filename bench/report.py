@@ -1,5 +1,10 @@
 """Turn a results JSON into the markdown table (ratios to the OV1-style baseline and to CoCa),
-the target check, and a PNG chart."""
+the target check, and a PNG chart.
+
+The baselines are those ``ov2 compare`` trains (``ov2_plugin.baselines``, ``bench/variants.py``):
+``ov1-*`` is OpenVision 1 (``OpenVisionModel``), ``coca`` open_clip's CoCa as ``ov2 compare`` trains
+it (``CocaModel``: no attentional pooler, text side at the ViT's width).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,9 @@ from pathlib import Path
 
 OURS, OV1, OV1_2, COCA = "ov2-k0.35", "ov1-1cap", "ov1-2cap", "coca"
 MIB = 2**20
+BASELINES_NOTE = ("Baselines as `ov2 compare` trains them (`ov2_plugin.baselines`): `ov1-*` is OpenVision 1 "
+                  "(`OpenVisionModel`, one or two 77-token captions), `coca` is open_clip's CoCa as `ov2 compare` "
+                  "trains it (`CocaModel`: no attentional pooler, text tower and decoder at the ViT's width).")
 
 
 def _ratio(rows: dict, a: str, b: str, key: str) -> float | None:
@@ -99,6 +107,7 @@ def markdown(result: dict) -> str:
         f"{result['matmul_flops_per_s'] / 1e9:.1f} GFLOP/s before, {result['matmul_flops_per_s_after'] / 1e9:.1f} after "
         f"({result.get('matmul_size', 2048)}^3 {result['precision']}). "
         f"Memory budget for the largest batch: {result['budget_bytes'] / 2**30:.2f} GiB (model state + activations).",
+        BASELINES_NOTE,
         "",
         table(result),
         "",

@@ -3,10 +3,17 @@
 Variants (same ViT and decoder dimensions, same batch, same precision):
 - ``ov2-k0.35`` / ``ov2-k0.25`` / ``ov2-k1.0``: our ``Ov2ForCaptioning``, caption loss only;
   keep 0.35 is the release recipe, 1.0 shows where the saving comes from.
-- ``ov1-1cap`` / ``ov1-2cap``: the OpenVision-1-style baseline (``bench/ov1_style.py``): text
-  encoder on one or two ``text_length``-token captions + contrastive loss + decoder on all tokens.
-- ``coca``: open_clip's ``CoCa`` with ``CoCaLoss`` as shipped (caption weight 2, contrastive 1),
-  built at the same widths/depths, ``pretrained=None`` (random init, nothing downloaded).
+- ``ov1-1cap`` / ``ov1-2cap``: OpenVision 1 as ``ov2 pretrain --objective openvision`` trains it
+  (``ov2_plugin.baselines.OpenVisionModel``): text encoder on one or two ``text_length``-token
+  captions (``text_ids``) + contrastive loss + decoder on all tokens.
+- ``coca``: open_clip's CoCa as ``ov2 compare`` trains it (``ov2_plugin.baselines.CocaModel``,
+  ``ov2 pretrain --objective coca``): open_clip's ``CoCa`` and ``CoCaLoss`` (caption weight 2,
+  contrastive 1), no attentional pooler (the decoder cross-attends to the patch tokens), text
+  tower and multimodal decoder at the ViT's width, random init (nothing downloaded).
+
+The baselines are built by ``ov2_plugin.baselines.build_objective_model`` from the same captioner
+config (keep 0.35, as ``ov2 compare``'s recipes); the bench sets only how many captions the text
+encoder reads and its context (``BASELINES``).
 
 Shapes: ``tiny`` is a smoke test; ``cpu`` keeps the paper's proportions at a size a 2-core CPU runs in minutes (256 patch
 tokens as L/14 at 224 px, 128-token captions, decoder/encoder width 0.75 as 768/1024, decoder
@@ -16,7 +23,6 @@ are the true sizes of the paper's cost table, for a GPU.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -26,8 +32,6 @@ from torch import nn
 from ov2_plugin import Ov2Config, Ov2ForCaptioning
 from ov2_plugin.activation_checkpointing import MODES, set_checkpointing
 from ov2_plugin.configuration import DECODER_PRESETS, VISION_PRESETS
-
-from .ov1_style import Ov1StyleModel
 
 
 @dataclass(frozen=True)
@@ -132,63 +136,49 @@ def build_ov2(shape: Shape, keep_ratio: float) -> Variant:
     return Variant(f"ov2-k{keep_ratio}", model, loss)
 
 
-def build_ov1(shape: Shape, num_captions: int) -> Variant:
-    model = Ov1StyleModel(shape.ov2_config(1.0), text_length=shape.text_length, num_captions=num_captions).train()
+# bench name -> (``ov2 pretrain --objective``, captions through its text encoder as ``text_ids``)
+BASELINES = {"ov1-1cap": ("openvision", 1), "ov1-2cap": ("openvision", 2), "coca": ("coca", 0)}
+COMPARE_KEEP_RATIO = 0.35  # the captioner config ``ov2 compare``'s recipes build every objective from
+
+
+def baseline_config_kwargs(shape: Shape, name: str) -> dict:
+    """The ``Ov2ObjectiveConfig`` fields the bench sets for a baseline; everything else is ``ov2 compare``'s.
+
+    OpenVision's text encoder reads ``num_captions`` separate captions of ``text_length`` (77) tokens;
+    CoCa's text tower reads the caption itself, so its context is the caption length.
+    """
+    objective, captions = BASELINES[name]
+    if objective == "coca":
+        return {"text_length": shape.caption_length}
+    return {"num_captions": captions, "text_length": shape.text_length}
+
+
+def build_baseline(shape: Shape, name: str) -> Variant:
+    """An ``ov2_plugin.baselines`` model as ``ov2 pretrain --objective`` builds it, at the shape's sizes."""
+    from ov2_plugin.baselines import build_objective_model  # imports open_clip: only the baselines need it
+
+    objective, captions = BASELINES[name]
+    model = build_objective_model(objective, shape.ov2_config(COMPARE_KEEP_RATIO), **baseline_config_kwargs(shape, name))
+    model.train()
 
     def loss(batch: dict) -> torch.Tensor:
-        return model(batch["pixel_values"], batch["input_ids"], batch["labels"], batch["text_ids"][:num_captions])["loss"]
+        text_ids = batch["text_ids"][:captions] if captions else None
+        return model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
+                     text_ids=text_ids).loss
 
-    return Variant(f"ov1-{num_captions}cap", model, loss)
-
-
-def coca_config(shape: Shape) -> dict:
-    """open_clip CoCa config at our dimensions (layout as open_clip's ``coca_ViT-L-14.json``)."""
-    vis, dec = shape.vision, shape.decoder
-    text = dict(context_length=shape.caption_length, vocab_size=shape.vocab_size, width=dec["hidden_size"],
-                heads=dec["num_attention_heads"], layers=dec["num_hidden_layers"],
-                mlp_ratio=dec["intermediate_size"] / dec["hidden_size"])
-    return dict(
-        embed_dim=dec["hidden_size"],
-        vision_cfg=dict(image_size=vis["image_size"], patch_size=vis["patch_size"], width=vis["hidden_size"],
-                        layers=vis["num_hidden_layers"], head_width=vis["hidden_size"] // vis["num_attention_heads"],
-                        mlp_ratio=vis["intermediate_size"] / vis["hidden_size"], attentional_pool=True,
-                        attn_pooler_heads=8, output_tokens=True),
-        text_cfg=dict(text, embed_cls=True, output_tokens=True),
-        multimodal_cfg=dict(text, attn_pooler_heads=dec["num_attention_heads"]),
-    )
-
-
-def build_coca(shape: Shape) -> Variant:
-    from open_clip import CoCa  # heavy, and only this variant needs it
-    from open_clip.loss import CoCaLoss
-
-    model = CoCa(**copy.deepcopy(coca_config(shape)), pad_id=0).train()
-    # open_clip 3.3 leaves the multimodal decoder's output projection uninitialised (torch.empty;
-    # losses come out ~1e27) and its init_parameters() fails (it reads a missing .transformer):
-    # initialise that one tensor as init_parameters intends. No effect on cost.
-    decoder = model.text_decoder
-    if decoder.text_projection.device.type != "meta":
-        nn.init.normal_(decoder.text_projection, std=decoder.width**-0.5)
-    criterion = CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0, pad_id=0)  # open_clip_train's defaults
-
-    def loss(batch: dict) -> torch.Tensor:
-        out = model(batch["pixel_values"], batch["input_ids"])
-        clip, caption = criterion(out["image_features"], out["text_features"], out["logits"], out["labels"],
-                                  out["logit_scale"])
-        return clip + caption
-
-    return Variant("coca", model, loss)
+    return Variant(name, model, loss)
 
 
 def checkpoint_coca(model: nn.Module, mode: str, every: int = 1) -> None:
-    """open_clip's own ``set_grad_checkpointing``, per tower: the image tower for ``encoder``, its text
-    tower and multimodal decoder for ``decoder``, all three for ``all``. open_clip recomputes every
-    block of a tower it checkpoints (no every-k-th choice)."""
+    """open_clip's own ``set_grad_checkpointing`` on a ``CocaModel``'s towers: the image tower for
+    ``encoder``, its text tower and multimodal decoder for ``decoder``, all three for ``all``. open_clip
+    recomputes every block of a tower it checkpoints (no every-k-th choice)."""
     if every != 1:
         raise ValueError("open_clip's CoCa checkpoints every block of a tower; use checkpoint_every 1 for coca.")
-    model.visual.set_grad_checkpointing(mode in ("encoder", "all"))
-    model.text.set_grad_checkpointing(mode in ("decoder", "all"))
-    model.text_decoder.set_grad_checkpointing(mode in ("decoder", "all"))
+    coca = model.coca
+    coca.visual.set_grad_checkpointing(mode in ("encoder", "all"))
+    coca.text.set_grad_checkpointing(mode in ("decoder", "all"))
+    coca.text_decoder.set_grad_checkpointing(mode in ("decoder", "all"))
 
 
 def build_variant(name: str, shape: Shape, checkpointing: str = "none", every: int = 1) -> Variant:
@@ -202,12 +192,12 @@ def build_variant(name: str, shape: Shape, checkpointing: str = "none", every: i
         raise ValueError(f"unknown checkpointing {checkpointing!r}; choose one of {', '.join(MODES)}")
     if name.startswith("ov2-k"):
         variant = build_ov2(shape, float(name.removeprefix("ov2-k")))
-    elif name in ("ov1-1cap", "ov1-2cap"):
-        variant = build_ov1(shape, int(name[4]))
     elif name == "coca":
-        variant = build_coca(shape)
+        variant = build_baseline(shape, name)
         checkpoint_coca(variant.model, checkpointing, every)
         return variant
+    elif name in BASELINES:
+        variant = build_baseline(shape, name)
     else:
         raise ValueError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)} (or ov2-k<keep ratio>)")
     set_checkpointing(variant.model, checkpointing, every)

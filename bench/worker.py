@@ -3,7 +3,8 @@ benchmark batch, then the largest batch under the memory budget; reports JSON.
 
 A process per measurement because peak memory is per process: on the CPU the peak RSS after
 setup (weights, gradients, AdamW state) is reset through ``/proc/self/clear_refs`` and read back
-as ``VmHWM``; on a GPU ``max_memory_allocated`` after ``reset_peak_memory_stats``. Gradients are
+as ``VmHWM``; on a GPU ``max_memory_allocated`` after ``reset_peak_memory_stats`` (both through
+``ov2_plugin.devices``). Gradients are
 kept allocated between steps (``zero_grad(set_to_none=False)``) so that the post-setup figure
 holds all model state and the peak above it is activations and temporaries only. The measurements
 run in order of growing batch, so memory the allocator kept from an earlier step is reused
@@ -15,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
 import time
 from contextlib import nullcontext
@@ -23,43 +23,10 @@ from contextlib import nullcontext
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from .flops import count_flops
+from ov2_plugin.devices import memory_bytes, peak_memory_bytes, reset_peak_memory
+from ov2_plugin.experiments.cost import count_flops
+
 from .variants import SHAPES, build_variant, make_batch
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def peak_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
-def reset_peak(device: torch.device) -> int:
-    """Reset the peak-memory counter; returns the current (post-setup) memory in bytes."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated()
-    with open("/proc/self/clear_refs", "w") as f:  # "5" resets VmHWM to the current RSS (Linux)
-        f.write("5")
-    return rss_bytes()
-
-
-def peak(device: torch.device) -> int:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated()
-    return peak_rss_bytes()
-
-
-def current(device: torch.device) -> int:
-    return torch.cuda.memory_allocated() if device.type == "cuda" else rss_bytes()
 
 
 def make_optimizer(params: list[torch.nn.Parameter], kind: str) -> torch.optim.Optimizer:
@@ -74,7 +41,7 @@ class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args, self.device = args, torch.device(args.device)
         self.shape = SHAPES[args.shape]
-        before = current(self.device)
+        before = memory_bytes(self.device)
         torch.manual_seed(0)
         self.variant = build_variant(args.variant, self.shape, checkpointing=args.checkpointing)
         model = self.variant.model.to(self.device)
@@ -88,7 +55,7 @@ class Trainer:
         self.opt.step()
         self.opt.zero_grad(set_to_none=False)
         self.loss_fn = torch.compile(self.variant.loss) if args.compile else self.variant.loss
-        self.setup = reset_peak(self.device)
+        self.setup = reset_peak_memory(self.device)
         self.state_bytes = self.setup - before
 
     def forward(self, batch: dict) -> torch.Tensor:
@@ -109,9 +76,9 @@ class Trainer:
     def activation_peak(self, batch_size: int) -> int:
         """Peak memory above post-setup during one step at ``batch_size`` (peak counter reset first)."""
         batch = make_batch(self.shape, batch_size, seed=0, device=self.device)
-        reset_peak(self.device)
+        reset_peak_memory(self.device)
         self.step(batch)
-        return peak(self.device) - self.setup
+        return peak_memory_bytes(self.device) - self.setup
 
 
 def allocated_during_step(trainer: Trainer, batch_size: int) -> dict:
@@ -124,13 +91,11 @@ def allocated_during_step(trainer: Trainer, batch_size: int) -> dict:
     """
     batch = make_batch(trainer.shape, batch_size, seed=0, device=trainer.device)
     if trainer.device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
+        before = reset_peak_memory(trainer.device)
         loss = trainer.forward(batch)
-        kept = torch.cuda.memory_allocated() - before
+        kept = memory_bytes(trainer.device) - before
         trainer.backward_and_update(loss)
-        return {"kept_bytes": kept, "peak_bytes": torch.cuda.max_memory_allocated() - before}
+        return {"kept_bytes": kept, "peak_bytes": peak_memory_bytes(trainer.device) - before}
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
@@ -191,7 +156,7 @@ def run(args: argparse.Namespace) -> dict:
     small = max(1, args.batch // 4)
     points = {small: trainer.activation_peak(small)}
     batch = make_batch(trainer.shape, args.batch, seed=0, device=device)
-    reset_peak(device)
+    reset_peak_memory(device)
     flops, times, losses = None, [], []
     for i in range(args.warmup + args.steps):
         if i == 0 and args.count_flops and not args.compile:
@@ -202,7 +167,7 @@ def run(args: argparse.Namespace) -> dict:
         losses.append(trainer.step(batch))
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
-    points[args.batch] = peak(device) - trainer.setup
+    points[args.batch] = peak_memory_bytes(device) - trainer.setup
     allocated = {str(b): allocated_during_step(trainer, b) for b in (small, args.batch)}
     result = {
         "variant": args.variant, "shape": args.shape, "batch_size": args.batch, "precision": args.precision,

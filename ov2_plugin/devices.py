@@ -1,21 +1,67 @@
 """Device choices shared by training, experiments and benchmarks: bf16 or not, the attention kernel,
-and this process's peak memory."""
+and this process's memory.
+
+Memory is read here and nowhere else: on a GPU the CUDA allocator's counters
+(``memory_allocated`` / ``max_memory_allocated``), on a CPU the process's resident set from Linux's
+``/proc/self`` (``statm``: now; ``status``'s ``VmHWM``: the peak, which writing ``5`` to
+``clear_refs`` resets to the current RSS). ``bench/`` and ``experiments/cost.py`` call these.
+"""
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
-def peak_memory_bytes(device: torch.device) -> int:
-    """This process's peak so far: allocated GPU memory, or the peak RSS on a CPU (bench/README.md sets it beside the bench)."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    import resource
+def rss_bytes() -> int:
+    """This process's resident set now, in bytes (Linux)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set since it started or since ``reset_peak_rss``, in bytes
+    (``VmHWM``; where there is no ``/proc``, ``getrusage``'s ``ru_maxrss``, which never resets)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def reset_peak_rss() -> None:
+    """Reset the peak resident set to the current one (Linux: ``5`` to ``/proc/self/clear_refs``)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def memory_bytes(device: torch.device) -> int:
+    """Memory this process holds now: allocated GPU memory, or the RSS on a CPU."""
+    return torch.cuda.memory_allocated(device) if device.type == "cuda" else rss_bytes()
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """This process's peak so far (or since ``reset_peak_memory``): allocated GPU memory after the
+    queued work has finished, or the peak RSS on a CPU (bench/README.md sets it beside the bench)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device)
+    return peak_rss_bytes()
+
+
+def reset_peak_memory(device: torch.device) -> int:
+    """Start a new peak at what is held now; returns that level (``memory_bytes``) in bytes."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        reset_peak_rss()
+    return memory_bytes(device)
 
 
 def bf16_is_fast(device_type: str) -> bool:

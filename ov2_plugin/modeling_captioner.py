@@ -46,7 +46,8 @@ def drop_visual_tokens(tokens: torch.Tensor, keep_ratio: float, generator: torch
 
 
 class _ChunkedHeadCrossEntropy(torch.autograd.Function):
-    """Mean cross-entropy of ``hidden @ weight.T`` without ever holding the [M, V] logits.
+    """Cross-entropy of ``hidden @ weight.T`` summed over the M rows and divided by ``divisor``,
+    without ever holding the [M, V] logits.
 
     Why our own: with a 30k vocabulary the head and its loss are a large share of a caption
     step; the plain path keeps a full fp32 logits tensor (and its gradient) alive. Since the
@@ -57,7 +58,8 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int) -> torch.Tensor:
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int,
+                divisor: torch.Tensor) -> torch.Tensor:
         rows = hidden.shape[0]
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
@@ -69,26 +71,36 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
             total -= logp.gather(1, tgt).sum()
             grad = logp.exp_()  # softmax
             grad.scatter_add_(1, tgt, torch.full_like(tgt, -1, dtype=grad.dtype))
-            grad = grad.div_(max(rows, 1)).to(h.dtype)  # d(mean loss)/d(logits)
+            grad = grad.div_(divisor).to(h.dtype)  # d(loss)/d(logits)
             grad_hidden[start:start + chunk_rows] = grad @ weight
             grad_weight += (grad.t() @ h).float()
             del logp, grad  # else this chunk's [c, V] buffers are still held while the next chunk makes its own
         ctx.save_for_backward(grad_hidden, grad_weight)
         ctx.weight_dtype = weight.dtype
-        return total / max(rows, 1)
+        return total / divisor
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         grad_hidden, grad_weight = ctx.saved_tensors
-        return grad_hidden * grad_out.to(grad_hidden.dtype), (grad_weight * grad_out).to(ctx.weight_dtype), None, None
+        return grad_hidden * grad_out.to(grad_hidden.dtype), (grad_weight * grad_out).to(ctx.weight_dtype), None, None, None
+
+
+def token_loss_divisor(targets: torch.Tensor, num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
+    """What the summed token loss is divided by: ``num_items_in_batch`` (the predicted tokens of the
+    whole optimizer step, all ranks and accumulated micro-batches, as the Trainer counts them) or, without
+    it, this batch's own count (a plain mean). fp32 scalar on the targets' device; at least 1."""
+    count = targets.numel() if num_items_in_batch is None else num_items_in_batch
+    return torch.as_tensor(count, dtype=torch.float32, device=targets.device).clamp(min=1)
 
 
 def chunked_head_cross_entropy(
-    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 1024
+    hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_rows: int = 1024,
+    num_items_in_batch: torch.Tensor | int | None = None,
 ) -> torch.Tensor:
     """Next-token cross-entropy of the head on ``hidden`` [B, T, E], no logits on ignored positions.
 
-    ``labels`` [B, T] are unshifted ids with -100 to ignore, as for ``Ov2ForCaptioning``. Under
+    ``labels`` [B, T] are unshifted ids with -100 to ignore, as for ``Ov2ForCaptioning``. The summed
+    loss is divided by ``num_items_in_batch`` when given, else by this batch's token count. Under
     autocast the matmuls run in the autocast dtype and the softmax in fp32, as the plain
     ``lm_head`` + ``F.cross_entropy`` path does.
     """
@@ -99,11 +111,12 @@ def chunked_head_cross_entropy(
         valid = targets != -100
         hidden, targets = hidden[valid], targets[valid]  # [M, E], [M]
     device = hidden.device.type
+    divisor = token_loss_divisor(targets, num_items_in_batch)
     if device == "meta":  # autocast knows no meta device; the count is the same in any dtype
-        return _ChunkedHeadCrossEntropy.apply(hidden, weight, targets, chunk_rows)
+        return _ChunkedHeadCrossEntropy.apply(hidden, weight, targets, chunk_rows, divisor)
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
     with torch.autocast(device, enabled=False):
-        return _ChunkedHeadCrossEntropy.apply(hidden.to(dtype), weight.to(dtype), targets, chunk_rows)
+        return _ChunkedHeadCrossEntropy.apply(hidden.to(dtype), weight.to(dtype), targets, chunk_rows, divisor)
 
 
 def prefix_lm_mask(num_image: int, num_text: int, device: torch.device) -> torch.Tensor:
@@ -157,9 +170,24 @@ class Ov2CaptionDecoder(nn.Module):
     def forward(self, image_tokens: torch.Tensor | None, input_ids: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
         return self.lm_head(self.hidden(image_tokens, input_ids, cache))
 
-    def loss(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean next-token loss over positions whose label is not -100, without full logits."""
-        return chunked_head_cross_entropy(self.hidden(image_tokens, input_ids), self.lm_head.weight, labels)
+    def loss(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, labels: torch.Tensor, fused: bool = True,
+             num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+        """Next-token loss over positions whose label is not -100: summed, then divided by
+        ``num_items_in_batch`` (or this batch's count). ``fused``: the chunked head, without full logits;
+        else ``lm_head`` + ``F.cross_entropy`` (same loss and gradients, more memory and time)."""
+        if fused:
+            return chunked_head_cross_entropy(self.hidden(image_tokens, input_ids), self.lm_head.weight, labels,
+                                              num_items_in_batch=num_items_in_batch)
+        return shifted_cross_entropy(self(image_tokens, input_ids), labels, num_items_in_batch)
+
+
+def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                          num_items_in_batch: torch.Tensor | int | None = None) -> torch.Tensor:
+    """Next-token cross-entropy of ``logits`` [B, T, V] against unshifted ``labels`` [B, T] (-100 ignored):
+    summed, then divided by ``num_items_in_batch`` (or the count of predicted tokens)."""
+    targets = labels[:, 1:].flatten()
+    total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets, ignore_index=-100, reduction="sum")
+    return total / token_loss_divisor(targets[targets != -100], num_items_in_batch)
 
 
 class Ov2ForCaptioning(Ov2PreTrainedModel, GenerationMixin):
@@ -169,9 +197,10 @@ class Ov2ForCaptioning(Ov2PreTrainedModel, GenerationMixin):
     base_model_prefix = "ov2"
     main_input_name = "input_ids"  # what GenerationMixin decodes; the image enters as pixel_values
     _no_split_modules = ["Ov2Block"]
-    # The loss is a mean over this batch's tokens; without this flag the Trainer would pass
-    # ``num_items_in_batch`` (which we ignore) and multiply the loss by the world size under DDP.
-    accepts_loss_kwargs = False
+    # The Trainer passes ``num_items_in_batch`` (the predicted tokens of the whole optimizer step,
+    # all ranks, all accumulated micro-batches); the loss is the summed token loss divided by it, so
+    # accumulation and DDP/ZeRO give the update of one big batch (transformers' own causal LMs do the same).
+    accepts_loss_kwargs = True
     # Training with labels uses the chunked head + loss (no [B, T, V] logits); set False for
     # the plain lm_head + F.cross_entropy path (same loss and gradients, more memory and time).
     fused_head_loss: bool = True
@@ -180,6 +209,7 @@ class Ov2ForCaptioning(Ov2PreTrainedModel, GenerationMixin):
         super().__init__(config)
         self.vision_model = Ov2VisionModel(config.vision_config)
         self.decoder = Ov2CaptionDecoder(config)
+        self.loss_type = "ForCausalLM"  # labels are shifted here: the Trainer counts items over labels[:, 1:]
         if self.generation_config.max_new_tokens is None:
             self.generation_config.max_new_tokens = 64  # as the authors' caption demo
         self.post_init()
@@ -201,12 +231,14 @@ class Ov2ForCaptioning(Ov2PreTrainedModel, GenerationMixin):
         image_tokens: torch.Tensor | None = None,
         cache: Cache | None = None,
         use_cache: bool | None = None,
+        num_items_in_batch: torch.Tensor | int | None = None,
         **kwargs,
     ) -> Ov2CaptioningOutput:
         """Logits for every text position; with ``labels`` also the loss.
 
         ``labels`` are the input ids with -100 on positions to ignore; the shift happens here,
-        as in Hugging Face causal LMs. Positions where ``attention_mask`` is 0 are ignored too.
+        as in Hugging Face causal LMs. Positions where ``attention_mask`` is 0 are ignored too. The loss is
+        the summed token loss divided by ``num_items_in_batch`` when given, else this batch's mean.
         In training mode with ``labels`` the loss comes from the chunked head (``fused_head_loss``)
         and ``logits`` is None unless ``return_logits=True``; in eval mode logits are always returned.
         ``image_tokens`` (from ``encode_image``) replace ``pixel_values``; with a ``cache`` (as
@@ -225,14 +257,10 @@ class Ov2ForCaptioning(Ov2PreTrainedModel, GenerationMixin):
         if labels is not None and attention_mask is not None:
             labels = labels.masked_fill(attention_mask == 0, -100)
         if labels is not None and self.fused_head_loss and not return_logits:
-            loss = self.decoder.loss(image_tokens, input_ids, labels)
+            loss = self.decoder.loss(image_tokens, input_ids, labels, num_items_in_batch=num_items_in_batch)
             return Ov2CaptioningOutput(loss=loss, logits=None, image_tokens=image_tokens)
         logits = self.decoder(image_tokens, input_ids)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
-            )
+        loss = None if labels is None else shifted_cross_entropy(logits, labels, num_items_in_batch)
         return Ov2CaptioningOutput(loss=loss, logits=logits, image_tokens=image_tokens)
 
     @torch.no_grad()

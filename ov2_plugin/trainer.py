@@ -19,6 +19,10 @@
    with ``CheckpointWriteError`` naming the checkpoint, the error, the last complete checkpoint and
    how to resume, and removes the partial one. Every complete checkpoint carries a manifest
    (``checkpoint_manifest``); ``newest_intact_checkpoint`` passes over a damaged one.
+6. The loss is the global batch's. Our models take ``num_items_in_batch`` (the step's caption tokens
+   over all ranks and accumulated micro-batches), which the Trainer counts and passes; for the
+   contrastive objectives under gradient accumulation this Trainer also passes ``StepFeatures``
+   (``baselines.losses``), so 1 x 8, 1 x 4 with 2 accumulation steps and 2 ranks x 4 make one update.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from transformers import Trainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from .baselines.losses import StepFeatures
 from .checkpoint_manifest import verify_checkpoint, write_manifest
 from .data.stream_state import STATE_KEY, StreamTracker, read_stream_state, write_final_counts
 
@@ -179,11 +184,13 @@ class Ov2Trainer(Trainer):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # The captioner's forward takes **kwargs (HF convention) but returns its own per-batch
-        # mean and ignores ``num_items_in_batch``. Seeing **kwargs, the Trainer would pass that
-        # count and multiply the loss by the world size, so DDP/DeepSpeed runs would log (and
-        # clip) a loss world_size times too large. Honour an explicit declaration if the model has one.
+        # A model that does not declare it gets a per-batch mean; seeing **kwargs in its forward,
+        # the Trainer would otherwise pass the count and multiply the loss by the world size.
         self.model_accepts_loss_kwargs = bool(getattr(self.model, "accepts_loss_kwargs", False))
+        if self.model_accepts_loss_kwargs and self.args.world_size > 1 and not self.args.average_tokens_across_devices:
+            raise ValueError("--average_tokens_across_devices false: the losses here are over the global batch and "
+                             "need the token count of all ranks; leave it true (the default).")
+        self._step_features: StepFeatures | None = None
         resumable = hasattr(self.train_dataset, "load_stream_state")
         self._streams = StreamTracker(self.args.dataloader_num_workers) if resumable else None
 
@@ -221,6 +228,32 @@ class Ov2Trainer(Trainer):
             # generator, which a resumed run has just restored (token dropping must continue as if uninterrupted).
             generator=torch.Generator().manual_seed(self.args.seed),
         )
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """The Trainer's micro-batches of one optimizer step; for a contrastive objective under
+        accumulation also their features without gradient (``StepFeatures``, open_clip's ``--accum-freq``):
+        one extra forward pass per micro-batch buys the whole step's negatives for each of them."""
+        batch_samples, num_items_in_batch = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._step_features = None
+        if len(batch_samples) > 1 and num_items_in_batch is not None and hasattr(self.model, "contrastive_features"):
+            images, texts = [], []
+            with self.compute_loss_context_manager():
+                for batch in batch_samples:
+                    inputs = self._prepare_inputs({k: batch[k] for k in ("pixel_values", "input_ids", "text_ids") if k in batch})
+                    image, text = self.model.contrastive_features(**inputs)
+                    images.append(image)
+                    texts.append(text)
+            self._step_features = StepFeatures(images, texts)
+        return batch_samples, num_items_in_batch
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        step = self._step_features if model.training else None
+        if step is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+        result = super().compute_loss(model, {**inputs, "step_features": step}, return_outputs=return_outputs,
+                                      num_items_in_batch=num_items_in_batch)
+        step.index += 1  # the Trainer runs the step's micro-batches in the order get_batch_samples returned them
+        return result
 
     def training_step(self, model, inputs, num_items_in_batch=None) -> torch.Tensor:
         position = inputs.pop(STATE_KEY, None)

@@ -1,4 +1,5 @@
-"""Each benchmarked variant computes the loss it claims (no timings are asserted anywhere)."""
+"""Each benchmarked variant computes the loss it claims, and the baselines are the models
+``ov2 compare`` trains (no timings are asserted anywhere)."""
 
 import json
 import subprocess
@@ -9,9 +10,10 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from bench.flops import count_flops, count_variant_flops
-from bench.ov1_style import contrastive_loss
-from bench.variants import SHAPES, build_variant, make_batch
+from bench.flops import count_variant_flops
+from bench.variants import BASELINES, SHAPES, baseline_config_kwargs, build_variant, make_batch
+from ov2_plugin.baselines import OpenVisionModel
+from ov2_plugin.experiments.cost import count_flops
 
 TINY = SHAPES["tiny"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,17 +47,61 @@ def test_ov2_has_no_text_encoder_and_its_loss_is_the_caption_loss_alone(batch):
     assert out.image_tokens.shape[1] == int(TINY.num_patches * 0.35)
 
 
-def test_ov1_contrastive_part_changes_with_the_text_encoder_and_caption_part_does_not(batch):
+def compare_model(shape, objective: str):
+    """The model ``ov2 compare`` trains for ``objective`` (its ``model_arguments`` -> ``ov2 pretrain``'s
+    ``build_model``), from a recipe at the bench shape's sizes; on the meta device (no weights needed)."""
+    from ov2_plugin.experiments.objectives import model_arguments
+    from ov2_plugin.pretrain import build_model
+
+    fields = {**shape.vision, **{f"decoder_{k}": v for k, v in {**shape.decoder, "vocab_size": shape.vocab_size}.items()}}
+    image_size = fields.pop("image_size")
+    recipe = {"model": {"preset": "tiny", "keep_ratio": 0.35, "image_size": image_size,
+                        "config_overrides": ",".join(f"{k}={v}" for k, v in fields.items())}}
+    with torch.device("meta"):
+        return build_model(model_arguments(recipe, objective))
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_the_baselines_are_the_models_ov2_compare_trains_with_its_config(name):
+    """One baseline each: the bench's OV1-style and CoCa rows are ``ov2_plugin.baselines`` models with the config
+    ``ov2 compare`` builds; the bench sets only its text side (captions through the text encoder, context)."""
+    from ov2_plugin.baselines.coca import CocaModel, open_clip_coca_config  # imports open_clip
+
+    objective, captions = BASELINES[name]
+    with torch.device("meta"):
+        bench = build_variant(name, TINY).model
+    theirs = compare_model(TINY, objective)
+    assert type(bench) is type(theirs) and type(bench) in (OpenVisionModel, CocaModel)
+    expected = {**theirs.config.to_dict(), **baseline_config_kwargs(TINY, name)}
+    assert bench.config.to_dict() == expected
+    assert bench.config.objective == objective
+    assert bench.state_dict().keys() == theirs.state_dict().keys()
+    if objective == "openvision":
+        assert bench.config.num_captions == captions and bench.config.text_length == TINY.text_length
+        assert bench.config.keep_ratio == 1.0  # the decoder reads every visual token
+    else:  # open_clip's CoCa as `ov2 compare` trains it: no attentional pooler, text side at the ViT's width
+        assert open_clip_coca_config(bench.config)["vision_cfg"]["attentional_pool"] is False
+        assert getattr(bench.coca.visual, "attn_pool", None) is None
+        assert bench.coca.text.width == TINY.vision["hidden_size"] and bench.config.text_length == TINY.caption_length
+
+
+@pytest.mark.parametrize("name", sorted(BASELINES))
+def test_a_baseline_rows_loss_is_its_models_loss_on_the_bench_batch(batch, name):
+    objective, captions = BASELINES[name]
     torch.manual_seed(0)
-    model = build_variant("ov1-1cap", TINY).model
-    before = model(batch["pixel_values"], batch["input_ids"], batch["labels"], batch["text_ids"][:1])
+    v = build_variant(name, TINY)
+    loss = v.loss(batch)
+    text_ids = batch["text_ids"][:captions] if captions else None
+    out = v.model(batch["pixel_values"], batch["input_ids"], batch["attention_mask"], labels=batch["labels"],
+                  text_ids=text_ids)
+    torch.testing.assert_close(loss, out.loss)
+    torch.testing.assert_close(out.loss, out.caption_loss + out.contrastive_loss)
+    assert loss.item() < 3 * torch.log(torch.tensor(float(TINY.vocab_size))).item()  # initialised weights
+    tower = v.model.coca.text if objective == "coca" else v.model.text_encoder
     with torch.no_grad():
-        for p in model.text_encoder.parameters():
+        for p in tower.parameters():
             p.add_(torch.randn_like(p) * 0.5)
-    after = model(batch["pixel_values"], batch["input_ids"], batch["labels"], batch["text_ids"][:1])
-    assert not torch.allclose(before["contrastive_loss"], after["contrastive_loss"])
-    torch.testing.assert_close(before["caption_loss"], after["caption_loss"])
-    torch.testing.assert_close(after["loss"], after["caption_loss"] + after["contrastive_loss"])
+    assert not torch.allclose(loss, v.loss(batch))
 
 
 def test_ov1_decoder_reads_every_visual_token_as_ov2_at_keep_one(batch):
@@ -63,38 +109,21 @@ def test_ov1_decoder_reads_every_visual_token_as_ov2_at_keep_one(batch):
     ov1 = build_variant("ov1-1cap", TINY).model
     ov2 = build_variant("ov2-k1.0", TINY).model
     ov2.load_state_dict(ov1.captioner.state_dict())
-    caption = ov1(batch["pixel_values"], batch["input_ids"], batch["labels"], batch["text_ids"][:1])["caption_loss"]
+    caption = ov1(batch["pixel_values"], batch["input_ids"], labels=batch["labels"], text_ids=batch["text_ids"][:1]).caption_loss
     torch.testing.assert_close(caption, ov2(batch["pixel_values"], batch["input_ids"], labels=batch["labels"]).loss)
 
 
-def test_ov1_two_captions_average_two_contrastive_losses(batch):
+def test_ov1_two_captions_average_the_one_caption_contrastive_losses(batch):
     torch.manual_seed(0)
-    model = build_variant("ov1-2cap", TINY).model
-    out = model(batch["pixel_values"], batch["input_ids"], batch["labels"], batch["text_ids"])
-    image = model.image_projection(model.captioner.vision_model(batch["pixel_values"]).pooler_output)
-    each = [contrastive_loss(image, model.text_encoder(t), model.logit_scale) for t in batch["text_ids"]]
-    torch.testing.assert_close(out["contrastive_loss"], (each[0] + each[1]) / 2)
+    two = build_variant("ov1-2cap", TINY).model
+    one = build_variant("ov1-1cap", TINY).model
+    one.load_state_dict(two.state_dict())
+    args = (batch["pixel_values"], batch["input_ids"])
+    both = two(*args, labels=batch["labels"], text_ids=batch["text_ids"]).contrastive_loss
+    each = [one(*args, labels=batch["labels"], text_ids=[t]).contrastive_loss for t in batch["text_ids"]]
+    torch.testing.assert_close(both, (each[0] + each[1]) / 2)
     with pytest.raises(ValueError, match="2 caption"):
-        model(batch["pixel_values"], batch["input_ids"], batch["labels"], batch["text_ids"][:1])
-
-
-def test_coca_is_open_clip_coca_with_its_loss(batch):
-    import open_clip
-    from open_clip.loss import CoCaLoss
-
-    torch.manual_seed(0)
-    v = build_variant("coca", TINY)
-    assert isinstance(v.model, open_clip.CoCa)
-    loss = v.loss(batch)
-    out = v.model(batch["pixel_values"], batch["input_ids"])
-    clip, caption = CoCaLoss(caption_loss_weight=2.0, clip_loss_weight=1.0, pad_id=0)(
-        out["image_features"], out["text_features"], out["logits"], out["labels"], out["logit_scale"])
-    torch.testing.assert_close(loss, clip + caption)
-    assert loss.item() < 3 * torch.log(torch.tensor(float(TINY.vocab_size))).item()  # initialised weights
-    with torch.no_grad():
-        for p in v.model.text.parameters():
-            p.add_(torch.randn_like(p) * 0.5)
-    assert not torch.allclose(loss, v.loss(batch))
+        two(*args, labels=batch["labels"], text_ids=batch["text_ids"][:1])
 
 
 def test_counted_flops_order_the_variants_as_the_architecture_says(batch):

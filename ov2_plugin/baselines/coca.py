@@ -22,6 +22,7 @@ caption decoder's depth (each) and heads.
 from __future__ import annotations
 
 import torch
+from open_clip.loss import CoCaLoss
 from torch import nn
 from torch.nn import functional as F
 
@@ -29,6 +30,7 @@ from ..convert.open_clip_layout import release_position_table, vision_from_open_
 from ..modeling_vision import Ov2PreTrainedModel, Ov2VisionModel
 from .configuration import Ov2ObjectiveConfig
 from .contrastive import ObjectiveOutput
+from .losses import StepFeatures, gradient_share, rank_and_world_size, share_of_step
 
 CAPTION_LOSS_WEIGHT, CLIP_LOSS_WEIGHT = 2.0, 1.0  # open_clip_train's --coca-*-loss-weight defaults
 
@@ -51,20 +53,18 @@ def open_clip_coca_config(config: Ov2ObjectiveConfig) -> dict:
 
 class CocaModel(Ov2PreTrainedModel):
     config_class = Ov2ObjectiveConfig
-    accepts_loss_kwargs = False
+    accepts_loss_kwargs = True  # num_items_in_batch, as Ov2ForCaptioning's
     _no_split_modules = ["ResidualAttentionBlock"]
     supports_gradient_checkpointing = False  # open_clip's own switch: ``self.coca.set_grad_checkpointing()``
 
     def __init__(self, config: Ov2ObjectiveConfig) -> None:
         super().__init__(config)
         from open_clip.coca_model import CoCa
-        from open_clip.loss import CoCaLoss
 
         if config.vision_config.hidden_act != "gelu":
             raise ValueError(f"CoCa's vision tower uses exact GELU; this config asks for {config.vision_config.hidden_act!r}.")
         self.coca = CoCa(**open_clip_coca_config(config))
-        self.loss_fn = CoCaLoss(caption_loss_weight=CAPTION_LOSS_WEIGHT, clip_loss_weight=CLIP_LOSS_WEIGHT,
-                                pad_id=config.decoder_config.pad_token_id)
+        self.loss_type = "ForCausalLM"  # shifted caption labels: the Trainer counts labels[:, 1:]
         position = self.coca.visual.positional_embedding.requires_grad_(False)
         if position.device.type != "meta":  # from_pretrained builds on meta, then loads the stored table
             v = config.vision_config
@@ -93,12 +93,31 @@ class CocaModel(Ov2PreTrainedModel):
         return model
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **kwargs) -> ObjectiveOutput:
-        """open_clip's CoCa forward and CoCaLoss on images [B, 3, H, W] and caption ids [B, T] (pad 0)."""
+                labels: torch.Tensor | None = None, num_items_in_batch=None, step_features: StepFeatures | None = None,
+                **kwargs) -> ObjectiveOutput:
+        """open_clip's CoCa forward and CoCaLoss on images [B, 3, H, W] and caption ids [B, T] (pad 0), over the
+        global batch as the other objectives (``losses.py``): the contrastive part with every rank's features
+        (and every accumulated micro-batch's), the caption part's token sum divided by ``num_items_in_batch``."""
         out = self.coca(pixel_values, input_ids[:, : self.config.text_length])
-        contrastive, caption = self.loss_fn(out["image_features"], out["text_features"], out["logits"], out["labels"],
-                                            out["logit_scale"])
+        image, texts, share = out["image_features"], [out["text_features"]], 1.0
+        if step_features is not None:
+            image, texts = step_features.around(image, texts)
+            share = 1.0 / step_features.micro_batches
+        rank, world_size = rank_and_world_size()
+        pad = self.config.decoder_config.pad_token_id
+        loss_fn = CoCaLoss(caption_loss_weight=CAPTION_LOSS_WEIGHT, clip_loss_weight=CLIP_LOSS_WEIGHT, pad_id=pad,
+                           local_loss=True, gather_with_grad=True, rank=rank, world_size=world_size)
+        contrastive, caption = loss_fn(image, texts[0], out["logits"], out["labels"], gradient_share(out["logit_scale"], share))
+        contrastive = share_of_step(contrastive, num_items_in_batch, step_features)
+        if num_items_in_batch is not None:  # CoCaLoss's caption part is this batch's mean: make it a share of the step's sum
+            caption = caption * (out["labels"] != pad).sum() / num_items_in_batch
         return ObjectiveOutput(loss=contrastive + caption, caption_loss=caption, contrastive_loss=contrastive)
+
+    @torch.no_grad()
+    def contrastive_features(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                             text_ids=None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The normalised image and text features CoCa's forward contrasts, without gradient (``StepFeatures``)."""
+        return self.embed_image(pixel_values), [self.embed_text(input_ids)]
 
     @property
     def encoder(self) -> Ov2VisionModel:

@@ -12,6 +12,9 @@
 Shapes: B batch, N patches, D ViT width, T caption tokens, L text-encoder tokens, P embedding.
 Both take the batch ``CaptionCollator`` makes (the caption is also the contrastive text);
 ``text_ids`` passes one or more separate captions instead (bench: one 77-token or two captions).
+Both losses are over the global batch (``losses.py``): the caption part is divided by the
+step's token count (``num_items_in_batch``), the contrastive part sees every rank's and every
+accumulated micro-batch's features (``step_features``, which ``Ov2Trainer`` passes).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from transformers.utils import ModelOutput
 from ..modeling_captioner import Ov2ForCaptioning
 from ..modeling_vision import Ov2PreTrainedModel, Ov2VisionModel
 from .configuration import Ov2ObjectiveConfig
-from .losses import caption_loss, sigmoid_contrastive_loss, softmax_contrastive_loss
+from .losses import StepFeatures, contrastive_loss, gradient_share, share_of_step
 from .text_encoder import TextEncoder
 
 
@@ -42,7 +45,7 @@ class _ContrastiveBase(Ov2PreTrainedModel):
     """Text tower, image projection, temperature (and SigLIP bias) and the contrastive term."""
 
     config_class = Ov2ObjectiveConfig
-    accepts_loss_kwargs = False  # a per-batch mean, as Ov2ForCaptioning's
+    accepts_loss_kwargs = True  # num_items_in_batch, as Ov2ForCaptioning's
 
     def _build_contrastive(self, config: Ov2ObjectiveConfig) -> None:
         embed_dim = config.vision_config.hidden_size
@@ -64,20 +67,36 @@ class _ContrastiveBase(Ov2PreTrainedModel):
         """input_ids [B, L] -> normalised text embeddings [B, P]."""
         return F.normalize(self.text_encoder(input_ids).float(), dim=-1)
 
-    def contrastive(self, pooled: torch.Tensor, input_ids: torch.Tensor, text_ids: list[torch.Tensor] | None) -> torch.Tensor:
-        """Mean contrastive loss of the image embedding against each caption (one text-encoder pass for all)."""
+    def features(self, pooled: torch.Tensor, input_ids: torch.Tensor,
+                 text_ids: list[torch.Tensor] | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Normalised image embedding [B, P] and one text embedding [B, P] per caption (one text-encoder pass)."""
         texts = [input_ids] if text_ids is None else list(text_ids)
         if text_ids is not None and len(texts) != self.config.num_captions:
             raise ValueError(f"this model reads {self.config.num_captions} caption(s) per image, got {len(texts)}")
-        image = self.image_projection(pooled)  # [B, P]
+        image = F.normalize(self.image_projection(pooled).float(), dim=-1)
         width = max(t.shape[1] for t in texts)
         padded = [F.pad(t, (0, width - t.shape[1]), value=self.config.decoder_config.pad_token_id) for t in texts]
-        embeds = self.text_encoder(torch.cat(padded, dim=0)).chunk(len(texts), dim=0)  # each [B, P]
-        if self.config.contrastive_loss == "sigmoid":
-            losses = [sigmoid_contrastive_loss(image, t, self.logit_scale, self.logit_bias) for t in embeds]
-        else:
-            losses = [softmax_contrastive_loss(image, t, self.logit_scale) for t in embeds]
-        return sum(losses) / len(losses)
+        embeds = self.text_encoder(torch.cat(padded, dim=0)).chunk(len(texts), dim=0)
+        return image, [F.normalize(t.float(), dim=-1) for t in embeds]
+
+    @torch.no_grad()
+    def contrastive_features(self, pixel_values: torch.Tensor, input_ids: torch.Tensor,
+                             text_ids: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``features`` of a batch without gradient: the other micro-batches' part of ``StepFeatures``."""
+        return self.features(self.encoder(pixel_values).pooler_output, input_ids, text_ids)
+
+    def contrastive(self, pooled: torch.Tensor, input_ids: torch.Tensor, text_ids: list[torch.Tensor] | None,
+                    num_items_in_batch=None, step_features: StepFeatures | None = None) -> torch.Tensor:
+        """Mean contrastive loss of the image embedding against each caption, over the global batch."""
+        image, texts = self.features(pooled, input_ids, text_ids)
+        share = 1.0
+        if step_features is not None:
+            image, texts = step_features.around(image, texts)
+            share = 1.0 / step_features.micro_batches
+        scale = gradient_share(self.logit_scale, share)
+        bias = gradient_share(self.logit_bias, share) if self.logit_bias is not None else None
+        losses = [contrastive_loss(self.config.contrastive_loss, image, t, scale, bias) for t in texts]
+        return share_of_step(sum(losses) / len(losses), num_items_in_batch, step_features)
 
 
 class OpenVisionModel(_ContrastiveBase):
@@ -87,6 +106,7 @@ class OpenVisionModel(_ContrastiveBase):
         super().__init__(config)
         config.keep_ratio = 1.0
         self.captioner = Ov2ForCaptioning(config)
+        self.loss_type = self.captioner.loss_type  # shifted caption labels: the Trainer counts labels[:, 1:]
         self._build_contrastive(config)
         self.post_init()
 
@@ -95,15 +115,17 @@ class OpenVisionModel(_ContrastiveBase):
         return self.captioner.vision_model
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, text_ids: list[torch.Tensor] | None = None, **kwargs) -> ObjectiveOutput:
+                labels: torch.Tensor | None = None, text_ids: list[torch.Tensor] | None = None,
+                num_items_in_batch=None, step_features: StepFeatures | None = None, **kwargs) -> ObjectiveOutput:
         """Caption loss on ``input_ids`` [B, T] (``labels`` [B, T], -100 ignored) + contrastive loss."""
         if labels is None:
             labels = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -100)
         elif attention_mask is not None:
             labels = labels.masked_fill(attention_mask == 0, -100)
         vision = self.encoder(pixel_values)
-        caption = caption_loss(self.captioner, vision.last_hidden_state[:, 1:], input_ids, labels)  # all N tokens
-        contrastive = self.contrastive(vision.pooler_output, input_ids, text_ids)
+        caption = self.captioner.decoder.loss(vision.last_hidden_state[:, 1:], input_ids, labels,  # all N tokens
+                                              fused=self.captioner.fused_head_loss, num_items_in_batch=num_items_in_batch)
+        contrastive = self.contrastive(vision.pooler_output, input_ids, text_ids, num_items_in_batch, step_features)
         return ObjectiveOutput(loss=caption + contrastive, caption_loss=caption, contrastive_loss=contrastive)
 
 
@@ -121,7 +143,9 @@ class ClipStyleModel(_ContrastiveBase):
         return self.vision_model
 
     def forward(self, pixel_values: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, text_ids: list[torch.Tensor] | None = None, **kwargs) -> ObjectiveOutput:
+                labels: torch.Tensor | None = None, text_ids: list[torch.Tensor] | None = None,
+                num_items_in_batch=None, step_features: StepFeatures | None = None, **kwargs) -> ObjectiveOutput:
         """Contrastive loss of the images [B, 3, H, W] against their captions [B, T]."""
-        contrastive = self.contrastive(self.encoder(pixel_values).pooler_output, input_ids, text_ids)
+        contrastive = self.contrastive(self.encoder(pixel_values).pooler_output, input_ids, text_ids,
+                                       num_items_in_batch, step_features)
         return ObjectiveOutput(loss=contrastive, contrastive_loss=contrastive)

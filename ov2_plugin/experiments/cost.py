@@ -10,23 +10,34 @@ The measured wall-clock and peak memory are reported beside it.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+
+from ..devices import peak_memory_bytes, reset_peak_memory, rss_bytes
+
+
+def count_flops(step: Callable[[], Any]) -> tuple[int, Any]:
+    """Run ``step()`` once under PyTorch's ``FlopCounterMode``; returns (total FLOPs, what ``step`` returned).
+
+    Counted, not estimated: every matmul, convolution and attention the step really runs (forward,
+    and backward where ``step`` calls it) is added up, so token dropping, a text encoder and CoCa's
+    cross-attention show up as they are executed. Elementwise ops are not counted (by design of the
+    counter): they cost time but no matmul FLOPs. ``bench/`` counts its variants with this too.
+    """
+    with FlopCounterMode(display=False) as counter:
+        out = step()
+    return counter.get_total_flops(), out
 
 
 def step_flops(model: torch.nn.Module, batches: list[dict]) -> float:
     """Mean FLOPs of forward + backward over ``batches`` (dicts of tensors the model takes)."""
     model.train()
-    total = 0
-    for batch in batches:
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model(**batch).loss.backward()
-        total += counter.get_total_flops()
+    total = sum(count_flops(lambda batch=batch: model(**batch).loss.backward())[0] for batch in batches)
     model.zero_grad(set_to_none=True)
     return total / len(batches)
 
@@ -46,25 +57,20 @@ def caption_step_flops(model: torch.nn.Module, batches: list[dict], unmasked_sha
     return (1 - unmasked_share) * masked + unmasked_share * unmasked
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 class PeakMemory:
     """Peak memory while the block runs: CUDA's allocator peak on a GPU, else the process's
     resident set, sampled every 50 ms (``rise_mb`` = peak minus what the process held before)."""
 
     def __init__(self) -> None:
         self.cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda" if self.cuda else "cpu")
         self.peak_mb = self.rise_mb = 0.0
 
     def __enter__(self) -> PeakMemory:
         if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            self._start = torch.cuda.memory_allocated()
+            self._start = reset_peak_memory(self.device)
             return self
-        self._start = self._peak = _rss_bytes()
+        self._start = self._peak = rss_bytes()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
@@ -72,16 +78,16 @@ class PeakMemory:
 
     def _sample(self) -> None:
         while not self._stop.is_set():
-            self._peak = max(self._peak, _rss_bytes())
+            self._peak = max(self._peak, rss_bytes())
             time.sleep(0.05)
 
     def __exit__(self, *exc) -> None:
         if self.cuda:
-            peak = torch.cuda.max_memory_allocated()
+            peak = peak_memory_bytes(self.device)
         else:
             self._stop.set()
             self._thread.join()
-            peak = max(self._peak, _rss_bytes())
+            peak = max(self._peak, rss_bytes())
         self.peak_mb, self.rise_mb = peak / 2**20, (peak - self._start) / 2**20
 
     @property
