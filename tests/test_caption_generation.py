@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from launch import launch_env
 from PIL import Image
 
 from ov2_plugin import Ov2Config, Ov2ForCaptioning
@@ -97,11 +98,10 @@ def test_a_converted_release_decodes_as_the_authors_caption_demo(tmp_path):
 
 
 def test_ov2_pretrain_saves_the_loop_stop_with_its_model(tmp_path):
-    import os
     import subprocess
     import sys
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = launch_env()
     run = subprocess.run([sys.executable, "-m", "ov2_plugin.pretrain", "--output_dir", str(tmp_path), "--image_size", "32",
                           "--max_steps", "1", "--per_device_train_batch_size", "4", "--train_samples", "8",
                           "--eval_samples", "0", "--use_cpu", "true", "--save_steps", "100", "--dataloader_num_workers", "0"],

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from launch import launch_env, run_python, torchrun
 from torch.utils.data import DataLoader
 
 from ov2_plugin.data.bad_samples import collect_bad_samples
@@ -18,8 +16,6 @@ from ov2_plugin.data.transforms import eval_transform
 
 datasets = pytest.importorskip("datasets")
 from ov2_plugin.data.hf_source import HfCaptions  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def scene_rows(n: int, start: int = 0, broken: bool = False) -> dict:
@@ -85,26 +81,16 @@ def test_streaming_splits_by_file_exactly_once(tmp_path):
 def test_ddp_2_processes_train_on_parquet_and_read_each_row_once_per_epoch(tmp_path):
     rows = 32
     path = write_parquet(tmp_path / "data" / "train.parquet", rows)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "HF_DATASETS_CACHE": str(tmp_path / "hf-cache")}
+    env = launch_env(HF_DATASETS_CACHE=str(tmp_path / "hf-cache"))
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           "-m", "ov2_plugin.pretrain", "--data", "hf", "--hf_path", str(path), "--output_dir", str(out),
-           "--image_size", "32", "--per_device_train_batch_size", "4", "--max_steps", "8",  # 2 epochs of 32 rows
-           "--use_cpu", "true", "--eval_samples", "0", "--dataloader_num_workers", "0", "--save_strategy", "no",
-           "--logging_steps", "1", "--seed", "0", "--report_to", "none"]
-    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    args = [*torchrun(2), "-m", "ov2_plugin.pretrain", "--data", "hf", "--hf_path", str(path), "--output_dir", str(out),
+            "--image_size", "32", "--per_device_train_batch_size", "4", "--max_steps", "8",  # 2 epochs of 32 rows
+            "--use_cpu", "true", "--eval_samples", "0", "--dataloader_num_workers", "0", "--save_strategy", "no",
+            "--logging_steps", "1", "--seed", "0", "--report_to", "none"]
+    proc = run_python(args, env, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert report["status"] == "finished" and len(report["loss_history"]) == 8
     per_stream = {f.stem: json.loads(f.read_text())["good"] for f in (out / "bad_samples").glob("*.json")}
     assert per_stream == {f"epoch{e}-rank{r}-worker0": rows // 2 for e in (0, 1) for r in (0, 1)}
     assert report["bad_samples"]["good_samples"] == 2 * rows and report["bad_samples"]["bad_samples"] == 0
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

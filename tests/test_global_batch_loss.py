@@ -10,19 +10,15 @@ The two-rank contrastive losses are also checked against the formulas written ou
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from launch import launch_env, run_python, torchrun
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
 RUN = [
     "--image_size", "32", "--max_steps", "2", "--train_samples", "32", "--logging_steps", "1",
     "--use_cpu", "true", "--eval_samples", "0", "--dataloader_num_workers", "0", "--seed", "0",
@@ -32,22 +28,12 @@ RUN = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def env() -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-
-
 def pretrain(out: Path, objective: str, ranks: int, batch: int, accumulation: int) -> tuple[dict, list[float]]:
     args = ["-m", "ov2_plugin.pretrain", "--output_dir", str(out), *RUN, "--objective", objective,
             "--per_device_train_batch_size", str(batch), "--gradient_accumulation_steps", str(accumulation)]
     if ranks > 1:
-        args = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(free_port()), *args]
-    done = subprocess.run([sys.executable, *args], env=env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+        args = torchrun(ranks, *args)
+    done = run_python(args, launch_env(), timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     weights = out / ("objective_model" if objective != "caption" else "") / "model.safetensors"
@@ -111,9 +97,7 @@ WORKER = textwrap.dedent("""
 def test_two_rank_contrastive_losses_equal_the_global_batch_loss_written_out(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(free_port()), str(script), str(tmp_path)],
-                          env=env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = run_python(torchrun(2, str(script), str(tmp_path)), launch_env(), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     g = torch.Generator().manual_seed(0)

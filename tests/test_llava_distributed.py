@@ -11,14 +11,12 @@ abort at interpreter exit on the CPU, see test_distributed.py).
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launch import deepspeed_cpu_env, launch_env, run_python, torchrun
 from safetensors.torch import load_file
 
 from ov2_plugin import Ov2VisionConfig, Ov2VisionModel, make_image_processor
@@ -47,19 +45,11 @@ def start(tmp_path_factory, request) -> Path:
     return root
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def on_two_processes(module: list[str], zero: str, out: Path, *flags: str) -> subprocess.CompletedProcess:
     """``torchrun`` 2 CPU processes of ``module`` with a ZeRO config from integration/deepspeed/."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(out.parent / "torch-extensions")}
-    args = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()), "-m", *module,
-            "--deepspeed", str(ROOT / f"integration/deepspeed/{zero}.json"), "--output_dir", str(out), *flags]
-    return subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    args = [*torchrun(2), "-m", *module, "--deepspeed", str(ROOT / f"integration/deepspeed/{zero}.json"),
+            "--output_dir", str(out), *flags]
+    return run_python(args, launch_env(**deepspeed_cpu_env(out)), timeout=400)
 
 
 def lora_stage(start: Path, out: Path, zero: str) -> dict:
@@ -157,13 +147,12 @@ def test_ddp_steps_with_no_image_keep_every_rank_in_step(start, tmp_path):
     data = tmp_path / "mixed.json"
     data.write_text(json.dumps([*text[:4], records[0], *text[4:], records[1]]))
     out = tmp_path / "ddp"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    args = ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+    args = [*torchrun(2),
             "-m", "ov2_plugin.cli", "llava-train", "--model_name_or_path", str(start / "llava"), "--data_path", str(data),
             "--image_folder", str(start / "data"), "--ddp_find_unused_parameters", "false", "--ddp_backend", "gloo",
             "--max_steps", "4", "--per_device_train_batch_size", "1", "--learning_rate", "1e-3", "--logging_steps", "1",
             "--use_cpu", "true", "--dataloader_num_workers", "0", "--seed", "0", "--output_dir", str(out)]
-    run = subprocess.run([sys.executable, *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=400)
+    run = run_python(args, launch_env(), timeout=400)
     report = out / "report.json"
     assert report.is_file(), f"no report (exit code {run.returncode}):\n{(run.stdout + run.stderr)[-3000:]}"
     report = json.loads(report.read_text())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from launch import launch_env
 from safetensors.torch import load_file
 
 from ov2_plugin.data.captions import CaptionCollator, SceneCaptions
@@ -28,7 +28,7 @@ RUN = [
 
 
 def pretrain(out: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = launch_env()
     cmd = [sys.executable, "-m", "ov2_plugin.pretrain", "--output_dir", str(out), *RUN, *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

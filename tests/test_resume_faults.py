@@ -12,11 +12,11 @@ import errno
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from launch import launch_env, run_python, torchrun
 from safetensors.torch import load_file
 
 from ov2_plugin.checkpoint_manifest import MANIFEST, verify_checkpoint
@@ -33,8 +33,6 @@ from ov2_plugin.trainer import (
     newest_complete_checkpoint,
     newest_intact_checkpoint,
 )
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_trainer(tmp_path: Path, model, trainer_cls=Ov2Trainer, **kw) -> Ov2Trainer:
@@ -180,19 +178,9 @@ def pretrain(out: Path, *extra: str, nproc: int = 1, **faults: int) -> subproces
     """``ov2 pretrain`` on ``nproc`` processes with the faults named in ``faults`` (see ``FAULTS``)."""
     script = out.parent / "faults.py"
     script.write_text(FAULTS)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           **{k.upper(): str(v) for k, v in faults.items()}}
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port())]
-    cmd = [sys.executable, *(launcher if nproc > 1 else []), str(script), "--output_dir", str(out), *RUN, *extra]
-    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    env = launch_env(**{k.upper(): str(v) for k, v in faults.items()})
+    launcher = torchrun(nproc) if nproc > 1 else []
+    return run_python([*launcher, str(script), "--output_dir", str(out), *RUN, *extra], env, timeout=600)
 
 
 @pytest.mark.parametrize("nproc", [1, 2], ids=["1-process", "2-ddp-processes-rank1-fails"])

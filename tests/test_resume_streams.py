@@ -14,12 +14,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import psutil
 import pytest
 import torch
+from launch import free_port, launch_env, start_python, torchrun
 from safetensors.torch import load_file
 
 from ov2_plugin.data.scene_shards import write_scene_json, write_scene_shards
@@ -27,7 +27,6 @@ from ov2_plugin.data.transforms import eval_transform
 from ov2_plugin.trainer import newest_complete_checkpoint
 
 pytest.importorskip("webdataset")
-ROOT = Path(__file__).resolve().parents[1]
 RUN = [
     "--image_size", "32", "--per_device_train_batch_size", "4", "--save_steps", "4", "--save_total_limit", "3",
     "--logging_steps", "1", "--learning_rate", "1e-3", "--use_cpu", "true", "--eval_samples", "0",
@@ -79,25 +78,15 @@ def pretrain(out: Path, *extra: str, nproc: int = 1, kill_at: int | None = None,
     """``ov2 pretrain`` on ``nproc`` processes; ``kill_at``: SIGKILL rank ``kill_rank`` right after checkpoint
     ``kill_at`` is complete, in the first attempt only (a fixed point: polling for the folder from outside
     races with a fast run)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "KILL_AT_STEP": str(kill_at), "KILL_RANK": str(kill_rank), **(env or {})}
+    env = launch_env(KILL_AT_STEP=str(kill_at), KILL_RANK=str(kill_rank), **(env or {}))
     entry = ["-m", "ov2_plugin.pretrain"]
     if kill_at is not None:
         script = out.parent / "killed_after_save.py"
         script.write_text(KILLER)
         entry = [str(script)]
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(free_port()),
-                *launcher_flags]
-    cmd = [sys.executable, *(launcher if nproc > 1 else []), *entry, "--output_dir", str(out), *RUN, *extra]
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    launcher = torchrun(nproc, *launcher_flags) if nproc > 1 else []
+    args = [*launcher, *entry, "--output_dir", str(out), *RUN, *extra]
+    return start_python(args, env, stdout=subprocess.PIPE)
 
 
 # A guard against a hung run, not a timing check: a CI run on a loaded 2-core CPU without bf16

@@ -8,11 +8,8 @@ checks, on a few hundred generated cases, that the outputs are exactly equal, qu
 
 - :func:`normalize_answer`: the EvalAI answer processor (VQA / TextVQA).
 - :func:`vqa_accuracy`: VQA accuracy over 10 annotators, leave-one-out averaged.
-- :func:`anls`: average normalised Levenshtein similarity (DocVQA / InfoVQA), threshold 0.5.
-- :func:`relaxed_correctness`: ChartQA's 5 % tolerance for numbers, exact match otherwise.
 - :func:`pope_scores`: POPE accuracy, precision, recall, F1, yes-ratio.
 - :func:`mme_scores`: MME perception / cognition totals (acc + acc+ per category).
-- :func:`ocrbench_match` / :func:`ocrbench_score`: OCRBench's substring match and final score.
 - :func:`mc_letter_accuracy`: multiple choice answered with a letter (SEED-Bench style).
 """
 
@@ -99,56 +96,6 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     return sum(accs) / len(accs)
 
 
-# ---------------------------------------------------------------- ANLS
-
-
-def levenshtein(a: str, b: str) -> int:
-    """Edit distance (insert, delete, substitute all cost 1), two rows of the DP table."""
-    if len(a) < len(b):
-        a, b = b, a
-    previous = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        current = [i]
-        for j, cb in enumerate(b, 1):
-            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
-        previous = current
-    return previous[-1]
-
-
-def anls(prediction: str, answers: Sequence[str], threshold: float = 0.5) -> float:
-    """ANLS of one prediction (``lmms_eval.api.metrics.anls``).
-
-    Distance between whitespace-collapsed lower-cased strings, divided by the longer of the
-    *raw* lengths (as lmms-eval does); 1 - the best distance, zeroed below ``threshold``.
-    """
-    det = " ".join(prediction.strip().lower().split())
-    values = []
-    for answer in answers:
-        gt = " ".join(answer.strip().lower().split())
-        length = max(len(answer.upper()), len(prediction.upper()))
-        values.append(0.0 if length == 0 else levenshtein(gt, det) / length)
-    score = 1 - min(values)
-    return 0.0 if score < threshold else score
-
-
-# ---------------------------------------------------------------- ChartQA
-
-
-def _to_float(text: str) -> float | None:
-    try:
-        return float(text.rstrip("%")) / 100.0 if text.endswith("%") else float(text)
-    except ValueError:
-        return None
-
-
-def relaxed_correctness(prediction: str, target: str, max_relative_change: float = 0.05) -> bool:
-    """ChartQA relaxed accuracy: numbers within 5 % of a non-zero target, else case-blind equality."""
-    pred, tgt = _to_float(prediction), _to_float(target)
-    if pred is not None and tgt:
-        return abs(pred - tgt) / abs(tgt) <= max_relative_change
-    return prediction.lower() == target.lower()
-
-
 # ---------------------------------------------------------------- yes/no benchmarks
 
 
@@ -217,36 +164,6 @@ def mme_scores(records: Iterable[dict]) -> dict[str, float]:
     cognition = sum(v for c, v in per_category.items() if c in MME_COGNITION)
     perception = sum(v for c, v in per_category.items() if c not in MME_COGNITION)
     return {"perception": perception, "cognition": cognition, **{f"category/{c}": v for c, v in per_category.items()}}
-
-
-# ---------------------------------------------------------------- OCRBench
-
-
-def _fold_fullwidth(text: str) -> str:
-    """Full-width ASCII (U+FF01..FF5E) and the ideographic space to their ASCII forms."""
-    return "".join(
-        chr(ord(c) - 0xFEE0) if 0xFF01 <= ord(c) <= 0xFF5E else " " if c == "\u3000" else c for c in text
-    )
-
-
-def ocrbench_match(prediction: str, answers: str | Sequence[str], dataset: str = "") -> int:
-    """1 when an answer occurs inside the prediction (``ocrbench_process_results``): case-blind,
-    newlines as spaces; for handwritten maths (HME100k) all spaces are removed, case kept."""
-    answers = [answers] if isinstance(answers, str) else list(answers)
-    pred = prediction.strip()
-    for answer in answers:
-        if dataset == "HME100k":
-            a, p = (s.strip().replace("\n", " ").replace(" ", "") for s in (answer, pred))
-        else:
-            a, p = (_fold_fullwidth(s).lower().strip().replace("\n", " ") for s in (answer, pred))
-        if a in p:
-            return 1
-    return 0
-
-
-def ocrbench_score(matches: Iterable[int]) -> int:
-    """OCRBench's final score: the number of matched questions (out of 1000 in the benchmark)."""
-    return int(sum(matches))
 
 
 # ---------------------------------------------------------------- multiple choice
