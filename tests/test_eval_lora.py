@@ -54,7 +54,7 @@ def test_adapter_without_its_base_names_merge_lora(trained, tmp_path, capsys):
     shutil.copytree(trained / "lora" / "merged", moved / "merged")
     assert ov2(["eval", "--model", str(moved), "--out", str(tmp_path / "results")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "ov2 eval: error:" in err[0] and f"evaluate '{moved / 'merged'}' instead" in err[0]
+    assert len(err) == 1 and "ov2 eval: error:" in err[0] and f"pass '{moved / 'merged'}' instead" in err[0]
     assert not (tmp_path / "results").exists()
 
 

@@ -10,7 +10,7 @@ from ov2_plugin.data.aspect_scenes import (
     dialogue_records,
     make_aspect_scene,
 )
-from ov2_plugin.llava.anyres_end_to_end import VARIANTS, main
+from ov2_plugin.experiments.llava_anyres_end_to_end import VARIANTS, main
 
 
 def test_quick_run_writes_every_variant_and_anyres_reads_more_image_tokens(tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from ov2_plugin.data.instructions import QUESTION_TYPES
 from ov2_plugin.evaluation.scene_probe import ATTRIBUTES
-from ov2_plugin.llava.end_to_end import main
+from ov2_plugin.experiments.llava_end_to_end import main
 
 
 def test_end_to_end_quick_runs_both_pipelines_and_writes_tables(tmp_path):
@@ -42,8 +42,9 @@ def test_output_dir_holds_one_run(tmp_path):
 def test_seed_redraws_the_language_model_and_the_random_tower(tmp_path):
     from safetensors.torch import load_file
 
+    from ov2_plugin.experiments.llava_end_to_end import QUICK, random_tower
+    from ov2_plugin.experiments.llava_pipeline import make_language_model
     from ov2_plugin.image_processing import make_image_processor
-    from ov2_plugin.llava.end_to_end import QUICK, make_language_model, random_tower
     from ov2_plugin.modeling_vision import Ov2VisionConfig, Ov2VisionModel
 
     tower, config = tmp_path / "tower", Ov2VisionConfig.from_preset("tiny", image_size=32)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from ..image_decoding import decode_image
 from ..llava.archs import ARCHS
-from ..llava.build import llava_arch
+from ..llava.build import ADAPTER_CONFIG, load_llava, lora_base
 
 
 def default_device() -> str:
@@ -23,28 +23,6 @@ def default_device() -> str:
 
 
 ORIGINAL_MODEL_TYPE = "llava_llama"  # the config of llava-torch's LlavaLlamaForCausalLM
-
-
-ADAPTER_CONFIG = "adapter_config.json"  # peft's file: a LoRA adapter folder (``ov2 llava-train --lora_enable``)
-
-
-def lora_base(path: Path) -> Path:
-    """The base LLaVA folder a LoRA adapter folder names (``base_model_name_or_path``), checked."""
-    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
-    fix = (f"evaluate {str(path / 'merged')!r} instead" if (path / "merged" / "config.json").is_file()
-           else "train with --merge_lora true and evaluate OUTPUT_DIR/merged")
-    if not (Path(base) / "config.json").is_file():
-        raise FileNotFoundError(
-            f"{str(path)!r} is a LoRA adapter whose base model {base!r} is not a folder here; put the base at that "
-            f"path (adapter_config.json's base_model_name_or_path), or {fix}."
-        )
-    model_type = json.loads((Path(base) / "config.json").read_text()).get("model_type")
-    if model_type not in ARCHS:
-        raise ValueError(
-            f"{str(path)!r} is a LoRA adapter over a {model_type!r} model; adapters load over HF LLaVA folders only "
-            f"({', '.join(ARCHS)}), so {fix}."
-        )
-    return Path(base)
 
 
 def check_model_dir(path: str | Path) -> Path:
@@ -86,26 +64,6 @@ def make_runner(pretrained: str | Path, device: str = "cpu", dtype: str = "float
     return LlavaRunner(path, device=device, dtype=dtype, batch_size=batch_size)
 
 
-def load_hf_llava(path: Path, dtype: torch.dtype):
-    """An HF LLaVA / LLaVA-NeXT / LLaVA-OneVision folder (the class of its ``model_type``), or a LoRA adapter
-    folder loaded over its base with peft and merged (merged once here, so generation runs at the speed of a
-    plain model)."""
-    from transformers import AutoProcessor
-
-    import ov2_plugin  # noqa: F401  (registers the OpenVision 2 tower with transformers)
-
-    if (path / "config.json").is_file():
-        return llava_arch(path).model_class.from_pretrained(path, dtype=dtype), AutoProcessor.from_pretrained(path)
-    from peft import PeftModel
-
-    base = lora_base(path)
-    model = llava_arch(base).model_class.from_pretrained(base, dtype=dtype)
-    model = PeftModel.from_pretrained(model, path).merge_and_unload()
-    # ov2 llava-train saves the processor beside the adapter; an adapter saved alone uses the base's
-    processor_dir = path if (path / "processor_config.json").is_file() or (path / "tokenizer_config.json").is_file() else base
-    return model, AutoProcessor.from_pretrained(processor_dir)
-
-
 class LlavaRunner:
     """Load an HF LLaVA, LLaVA-NeXT or LLaVA-OneVision folder (or a LoRA adapter folder over one) once; generate
     answers in batches and score continuations.
@@ -118,7 +76,7 @@ class LlavaRunner:
     def __init__(self, pretrained: str | Path, device: str = "cpu", dtype: str = "float32", batch_size: int = 1):
         path = check_model_dir(pretrained)
         self.device = torch.device(device)
-        model, self.processor = load_hf_llava(path, getattr(torch, dtype))
+        model, self.processor = load_llava(path, dtype=getattr(torch, dtype))
         self.model = model.to(self.device).eval()
         self.nested_images = ARCHS[self.model.config.model_type].multi_image  # OneVision: several images, a square each
         self.tokenizer = self.processor.tokenizer

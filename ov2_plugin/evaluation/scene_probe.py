@@ -2,7 +2,7 @@
 
     python -m ov2_plugin.evaluation.scene_probe runs/ov2 runs/random_tower --output_dir runs/probe
 
-The LLaVA comparison (``ov2_plugin.llava.end_to_end``) measures a tower *through* a small
+The LLaVA comparison (``ov2_plugin.experiments.llava_end_to_end``) measures a tower *through* a small
 language model that learns for a few minutes; when two towers score alike there, it cannot say
 whether the towers are alike or the language model used neither. A probe answers the first
 question alone. For every attribute the built-in questions ask about (the word, and for each

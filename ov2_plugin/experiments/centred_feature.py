@@ -24,6 +24,7 @@ import torch
 from ..atomic_json import write_json_atomically
 from ..evaluation.scene_probe import tower_features
 from ..loading import load_vision_model
+from .run_folder import SETTINGS
 
 MEAN_SEED, MEAN_SCENES = 11, 500  # training-distribution scenes, none of them held out for evaluation
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     from .evaluation import llava
 
-    recipe = json.loads((args.compare_dir / "settings.json").read_text())
+    recipe = json.loads((args.compare_dir / SETTINGS).read_text())
     size = recipe["model"]["image_size"]
     results = {}
     for seed in args.seeds:
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
             work = args.compare_dir / "centred" / f"seed{seed}" / objective
             norms = centre_feature(run / "tower", work / "tower")
             centred = llava(work / "tower", args.compare_dir / f"seed{seed}" / "lm", args.compare_dir / "llava_data",
-                            work / "llava", recipe["llava"], seed, size)
+                            work / "llava", recipe["llava"], seed, size, use_cpu=not torch.cuda.is_available())
             before = json.loads((run / "llava.json").read_text())["per_task"]
             results[f"seed{seed}/{objective}"] = {**norms, "uncentred": before, "centred": centred["per_task"]}
             write_json_atomically(args.compare_dir / "centred" / f"seed{seed}" / f"{objective}.json", results[f"seed{seed}/{objective}"])

@@ -3,22 +3,22 @@
 - ``probes``: ``ov2 probe``'s linear probes (the shape attributes, and letters on the reading task
   for seen and held-out words), patch and pooled views;
 - ``retrieval``: zero-shot image <-> caption retrieval on held-out scenes, for objectives with a text tower;
-- ``llava``: the LLaVA pipeline of ``ov2_plugin.llava.end_to_end`` (stage 1 projector on captions,
+- ``llava``: the LLaVA pipeline of ``llava_pipeline`` (as ``llava_end_to_end``: stage 1 projector on captions,
   stage 2 LoRA on built-in questions, greedy answers to held-out questions), on the mixed data:
   the shape questions plus the reading question (first letter), on seen and on held-out words.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from contextlib import contextmanager
+from collections import Counter
 from pathlib import Path
 
 import torch
 
-from ..data.instructions import QUESTION_TYPES, instruction_records, reading_vocabulary, write_dataset
+from ..data.instructions import QUESTION_TYPES, instruction_records, write_dataset
 from ..data.reading import scene_of
 from ..evaluation.scene_probe import probe_reading, probe_towers
+from .llava_pipeline import greedy_answers, run_pipeline, scene_index
 
 EVAL_SEED = 1  # held-out scenes: a stream no training step or probe fit ever drew
 
@@ -68,51 +68,11 @@ def make_llava_data(out: Path, cfg: dict, image_size: int) -> Path:
     return out
 
 
-def make_llava_language_model(out: Path, cfg: dict, seed: int) -> Path:
-    """The end-to-end run's random word-level Llama, with the reading questions' words (letters)."""
-    from transformers import LlamaForCausalLM
-
-    from ..llava.tiny import build_word_tokenizer, tiny_llama_config
-
-    tokenizer = build_word_tokenizer(reading_vocabulary())
-    tokenizer.save_pretrained(out)
-    torch.manual_seed(seed)
-    config = tiny_llama_config(len(tokenizer), cfg["lm_hidden"], cfg["lm_layers"], initializer_range=cfg["lm_hidden"] ** -0.5)
-    LlamaForCausalLM(config).save_pretrained(out)
-    return out
-
-
-def llava(tower: Path, lm: Path, data: Path, out: Path, cfg: dict, seed: int, image_size: int) -> dict:
-    """Stage 1 + LoRA stage 2 (``end_to_end.run_pipeline``), then held-out accuracy per question type."""
-    from ..llava import end_to_end
-
-    with _on_gpu_when_there_is_one():
-        merged = end_to_end.run_pipeline(tower, lm, data, out, {**cfg, "seed": seed})
-    return answer_accuracy(merged, cfg["eval_scenes"], image_size)
-
-
-@contextmanager
-def _on_gpu_when_there_is_one():
-    """``end_to_end.run_pipeline`` passes ``--use_cpu true`` (the end-to-end run is a CPU recipe);
-    with a GPU present, this turns that one flag off for its ``ov2 llava-train`` calls, so the GPU
-    recipe trains LLaVA on the GPU with exactly the same stages and settings."""
-    from ..llava import train
-
-    if not torch.cuda.is_available():
-        yield
-        return
-    real = train.main
-
-    def on_gpu(argv):
-        argv = list(argv)
-        i = argv.index("--use_cpu")
-        return real(argv[:i] + ["--use_cpu", "false"] + argv[i + 2:])
-
-    train.main = on_gpu
-    try:
-        yield
-    finally:
-        train.main = real
+def llava(tower: Path, lm: Path, data: Path, out: Path, cfg: dict, seed: int, image_size: int,
+          use_cpu: bool) -> dict:
+    """Stage 1 + LoRA stage 2 (``llava_pipeline.run_pipeline``), then held-out accuracy per question type."""
+    merged, _ = run_pipeline(tower, lm, data, out, {**cfg, "seed": seed}, use_cpu)
+    return answer_accuracy(merged, cfg["eval_scenes"], image_size, use_cpu=use_cpu)
 
 
 def held_out_questions(num_scenes: int) -> list[tuple[str, dict]]:
@@ -124,33 +84,18 @@ def held_out_questions(num_scenes: int) -> list[tuple[str, dict]]:
     return out
 
 
-@torch.no_grad()
-def answer_accuracy(model_dir: Path, num_scenes: int, image_size: int, batch: int = 64) -> dict:
-    """Greedy answers, exact match of the first word, per task (as ``end_to_end.evaluate``)."""
-    from ..llava.build import load_llava
-
-    model, processor = load_llava(model_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.eval().to(device)
-    processor.tokenizer.padding_side = "left"
+def answer_accuracy(model_dir: Path, num_scenes: int, image_size: int, batch: int = 64, use_cpu: bool = True) -> dict:
+    """Greedy answers to ``held_out_questions``, exact match of the first word, per task."""
     items = held_out_questions(num_scenes)
-    hits, totals = defaultdict(int), defaultdict(int)
-    for i in range(0, len(items), batch):
-        chunk = items[i:i + batch]
-        texts = [processor.apply_chat_template([{"role": "user", "content": r["conversations"][0]["value"]}],
-                                               add_generation_prompt=True) for _, r in chunk]
-        images = [_record_scene(r).render(image_size) for _, r in chunk]
-        inputs = processor(images=images, text=texts, return_tensors="pt", padding=True).to(device)
-        generated = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-        answers = processor.batch_decode(generated[:, inputs.input_ids.shape[1]:], skip_special_tokens=True)
-        for (task, r), answer in zip(chunk, answers):
-            words = answer.split()
-            totals[task] += 1
-            hits[task] += int(bool(words) and words[0] == r["conversations"][1]["value"])
+    answers = greedy_answers(model_dir, [r for _, r in items], lambda r: _record_scene(r).render(image_size), batch,
+                             use_cpu)
+    hits, totals = Counter(), Counter()
+    for (task, _), (right, _) in zip(items, answers):
+        totals[task] += 1
+        hits[task] += right
     order = ["letter_seen", "letter_unseen", *QUESTION_TYPES]
     return {"per_task": {t: hits[t] / totals[t] for t in order if totals[t]}, "counts": {t: totals[t] for t in order if totals[t]}}
 
 
 def _record_scene(record: dict):
-    index = int(record["id"].split("-")[1])
-    return scene_of(record.get("scene_kind", "shapes"), EVAL_SEED, index, record.get("split", "train"))
+    return scene_of(record.get("scene_kind", "shapes"), EVAL_SEED, scene_index(record), record.get("split", "train"))

@@ -28,24 +28,11 @@ import torch
 
 from ..atomic_json import write_json_atomically
 from .recipes import load_comparison_recipe
-
-SETTINGS = "settings.json"
+from .run_folder import claim_output_dir
 
 
 def _write_json(path: Path, value: dict) -> None:
     write_json_atomically(path, value, indent=2)
-
-
-def claim_output_dir(out: Path, recipe: dict) -> None:
-    """One recipe per folder (seeds may be added later); a folder holding anything else is refused."""
-    stamp = out / SETTINGS
-    if stamp.is_file():
-        if json.loads(stamp.read_text()) != recipe:
-            raise ValueError(f"{out} holds a comparison with another recipe (see {stamp}); pass a new --output_dir.")
-        return
-    if out.is_dir() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty and holds no comparison; pass a new --output_dir.")
-    _write_json(stamp, recipe)
 
 
 def _device() -> str:
@@ -100,24 +87,21 @@ def in_child(fn, *args):
 
 def run_pretrain(recipe: dict, objective: str, seed: int, steps: int, step_flops: float, tower: Path) -> dict:
     from ..devices import resolve_bf16
-    from ..pretrain import main as pretrain_main
+    from ..pretrain import DataArguments, PretrainArguments, run_pretraining
     from .cost import PeakMemory
 
     shutil.rmtree(tower, ignore_errors=True)  # what an interrupted run left
-    m, p = recipe["model"], recipe["pretrain"]
-    flags = {"objective": objective, "preset": m["preset"], "keep_ratio": m["keep_ratio"], "image_size": m["image_size"],
-             "output_dir": tower, "max_steps": steps, "per_device_train_batch_size": p["batch"],
-             "learning_rate": p["learning_rate"], "warmup_steps": p["warmup_steps"], "scene_kind": p["scene_kind"],
-             "train_samples": p["train_samples"], "eval_samples": 0, "save_strategy": "no", "seed": seed,
-             "bf16": str(resolve_bf16(p["bf16"], _device())).lower(), "dataloader_num_workers": p["dataloader_num_workers"],
-             "logging_steps": max(1, steps // 20), "use_cpu": str(_device() == "cpu").lower()}
-    if m.get("config_overrides"):
-        flags["config_overrides"] = m["config_overrides"]
-    if objective == "caption" and p.get("unmasked_tuning"):  # the other objectives never drop tokens
-        flags["unmasked_tuning"] = p["unmasked_tuning"]
+    p, device = recipe["pretrain"], _device()
+    unmasked = (p.get("unmasked_tuning") or 0.0) if objective == "caption" else 0.0  # the others never drop tokens
+    data = DataArguments(scene_kind=p["scene_kind"], train_samples=p["train_samples"], eval_samples=0)
+    train = PretrainArguments(
+        output_dir=str(tower), max_steps=steps, per_device_train_batch_size=p["batch"], learning_rate=p["learning_rate"],
+        warmup_steps=p["warmup_steps"], save_strategy="no", seed=seed, bf16=resolve_bf16(p["bf16"], device),
+        dataloader_num_workers=p["dataloader_num_workers"], logging_steps=max(1, steps // 20), use_cpu=device == "cpu",
+        unmasked_tuning=unmasked)
     start = time.time()
     with PeakMemory() as memory:
-        report = pretrain_main([item for k, v in flags.items() for item in (f"--{k}", str(v))])
+        report = run_pretraining(model_arguments(recipe, objective), data, train)
     return {"steps": steps, "step_flops": step_flops, "train_flops": step_flops * steps, "wall_s": time.time() - start,
             "train_runtime_s": report.get("train_runtime_s"), "train_loss": report.get("train_loss"),
             "peak_mb": memory.peak_mb, "peak_rise_mb": memory.rise_mb, "memory_kind": memory.kind}
@@ -128,7 +112,9 @@ def plan(recipe: dict, seeds: list[int], out: Path, llava_seeds: list[int] | Non
 
     ``llava_seeds``: the seeds that also run the LLaVA pipeline (default: all), the costliest
     evaluation after pretraining itself."""
+    from ..data.instructions import reading_vocabulary
     from . import evaluation
+    from .llava_pipeline import make_language_model
 
     size, units = recipe["model"]["image_size"], []
     flops_file, data = out / "flops.json", out / "llava_data"
@@ -140,7 +126,8 @@ def plan(recipe: dict, seeds: list[int], out: Path, llava_seeds: list[int] | Non
         lm, with_llava = root / "lm", llava_seeds is None or seed in llava_seeds
         if with_llava:
             units.append((f"seed {seed}: language model", root / "lm.json",
-                          lambda lm=lm, seed=seed: (evaluation.make_llava_language_model(lm, recipe["llava"], seed), {})[1]))
+                          lambda lm=lm, seed=seed: (make_language_model(lm, {**recipe["llava"], "seed": seed},
+                                                                        reading_vocabulary()), {})[1]))
         for o in recipe["objectives"]:
             d, tower = root / o, root / o / "tower"
 
@@ -157,7 +144,7 @@ def plan(recipe: dict, seeds: list[int], out: Path, llava_seeds: list[int] | Non
 
             def llava(o=o, seed=seed, tower=tower, d=d, lm=lm):
                 shutil.rmtree(d / "llava", ignore_errors=True)
-                return evaluation.llava(tower, lm, data, d / "llava", recipe["llava"], seed, size)
+                return evaluation.llava(tower, lm, data, d / "llava", recipe["llava"], seed, size, _device() == "cpu")
 
             if with_llava:
                 units.append((f"seed {seed}: {o}: LLaVA", d / "llava.json", llava))

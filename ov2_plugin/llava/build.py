@@ -228,12 +228,46 @@ def llava_arch(path: str | Path) -> Arch:
     return ARCHS[model_type]
 
 
+ADAPTER_CONFIG = "adapter_config.json"  # peft's file: a LoRA adapter folder (``ov2 llava-train --lora_enable``)
+
+
+def lora_base(path: str | Path) -> Path:
+    """The base LLaVA folder a LoRA adapter folder names (``base_model_name_or_path``), checked."""
+    path = Path(path)
+    base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path") or ""
+    fix = (f"pass {str(path / 'merged')!r} instead" if (path / "merged" / "config.json").is_file()
+           else "train with --merge_lora true and pass OUTPUT_DIR/merged")
+    if not (Path(base) / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{str(path)!r} is a LoRA adapter whose base model {base!r} is not a folder here; put the base at that "
+            f"path (adapter_config.json's base_model_name_or_path), or {fix}."
+        )
+    model_type = json.loads((Path(base) / "config.json").read_text()).get("model_type")
+    if model_type not in ARCHS:
+        raise ValueError(
+            f"{str(path)!r} is a LoRA adapter over a {model_type!r} model; adapters load over HF LLaVA folders only "
+            f"({', '.join(ARCHS)}), so {fix}."
+        )
+    return Path(base)
+
+
 def load_llava(path: str | Path, **kwargs):
-    """(model, processor) of a folder written by ``save_llava`` / ``ov2 llava-train``, any arch."""
+    """(model, processor) of a LLaVA folder written by ``save_llava`` / ``ov2 llava-train``, any arch in ``ARCHS``,
+    or of a LoRA adapter folder (``ov2 llava-train --lora_enable``): loaded over its base with peft and merged once
+    here, so it generates at the speed of a plain model. ``kwargs`` go to ``from_pretrained`` (``dtype=`` ...)."""
     from transformers import AutoProcessor
 
-    family = llava_arch(path)
-    return family.model_class.from_pretrained(path, **kwargs), AutoProcessor.from_pretrained(path)
+    path = Path(path)
+    if (path / "config.json").is_file() or not (path / ADAPTER_CONFIG).is_file():
+        return llava_arch(path).model_class.from_pretrained(path, **kwargs), AutoProcessor.from_pretrained(path)
+    from peft import PeftModel
+
+    base = lora_base(path)
+    model = llava_arch(base).model_class.from_pretrained(base, **kwargs)
+    model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    # ov2 llava-train saves the processor beside the adapter; an adapter saved alone uses the base's
+    processor_dir = path if (path / "processor_config.json").is_file() or (path / "tokenizer_config.json").is_file() else base
+    return model, AutoProcessor.from_pretrained(processor_dir)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

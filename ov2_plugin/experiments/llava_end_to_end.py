@@ -1,6 +1,6 @@
 """The whole LLaVA pipeline on the built-in data, offline, pretrained tower vs random tower.
 
-    python -m ov2_plugin.llava.end_to_end --output_dir runs/llava-e2e
+    python -m ov2_plugin.experiments.llava_end_to_end --output_dir runs/llava-e2e
 
 1. ``ov2 pretrain``: the quickstart's small tiny OpenVision 2 on the built-in captioned scenes;
 2. the same tower architecture with random weights, as the control;
@@ -16,21 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
-import subprocess
-import sys
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
 
-from ..data.instructions import QUESTION_TYPES, instruction_records, vocabulary, write_dataset
+from ..data.instructions import QUESTION_TYPES, instruction_records, write_dataset
 from ..data.scenes import make_scene
 from ..evaluation.scene_probe import ATTRIBUTES, probe_towers
-from .build import load_llava
-from .tiny import build_word_tokenizer, tiny_llama_config
+from .llava_pipeline import greedy_answers, make_language_model, pretrain_tower, run_pipeline, scene_index, start_beside
+from .run_folder import claim_output_dir
 
 FULL = dict(
     image_size=64,
@@ -68,19 +65,6 @@ QUICK = dict(
 )
 
 
-def pretrain_tower(out: Path, cfg: dict, bf16: bool) -> Path:
-    """``ov2 pretrain`` with the quickstart's recipe (model, data, optimiser), shortened to ``pretrain_steps``."""
-    from ..pretrain import main as pretrain_main
-
-    flags = {
-        "recipe": "quickstart", "image_size": cfg["image_size"], "output_dir": out, "max_steps": cfg["pretrain_steps"],
-        "per_device_train_batch_size": cfg["pretrain_batch"], "eval_samples": 0, "save_strategy": "no",
-        "use_cpu": "true", "bf16": str(bf16).lower(), "seed": cfg["seed"],
-    }
-    pretrain_main([item for key, value in flags.items() for item in (f"--{key}", str(value))])
-    return out
-
-
 def random_tower(pretrained: Path, out: Path, seed: int) -> Path:
     """The pretrained tower's exact architecture and preprocessing, freshly initialised."""
     from transformers import AutoImageProcessor
@@ -95,128 +79,16 @@ def random_tower(pretrained: Path, out: Path, seed: int) -> Path:
     return out
 
 
-def make_language_model(out: Path, cfg: dict, words: list[str] | None = None, special_tokens: tuple[str, ...] = ()) -> Path:
-    """A random word-level Llama over ``words`` (the built-in questions' by default); ``special_tokens`` get rows
-    of their own here, before the weights are drawn (a token ``build_llava`` appends later gets the mean output
-    row, which LoRA, with the head frozen, can never make the likeliest). ``cfg["lm_heads"]``: the heads, if set."""
-    from transformers import LlamaForCausalLM
-
-    tokenizer = build_word_tokenizer(vocabulary() if words is None else words)
-    if special_tokens:
-        tokenizer.add_tokens(list(special_tokens), special_tokens=True)
-    tokenizer.save_pretrained(out)
-    torch.manual_seed(cfg["seed"])
-    # Fan-in init (1/sqrt(width)) instead of transformers' 0.02: LoRA leaves the head and the final
-    # norm frozen, and with a 0.02 head on 128-wide states no logit can exceed ~2.5, which caps
-    # how sure any answer can get (stage 2's loss sat at 3.4 nats whatever the tower).
-    heads = {"num_attention_heads": cfg["lm_heads"], "num_key_value_heads": cfg["lm_heads"]} if "lm_heads" in cfg else {}
-    config = tiny_llama_config(len(tokenizer), cfg["lm_hidden"], cfg["lm_layers"],
-                               initializer_range=cfg["lm_hidden"] ** -0.5, **heads)
-    LlamaForCausalLM(config).save_pretrained(out)
-    return out
-
-
-def run_pipeline(tower: Path, lm: Path, data: Path, out: Path, cfg: dict) -> Path:
-    from .train import main as train_main
-
-    common = [
-        "--use_cpu",
-        "true",
-        "--per_device_train_batch_size",
-        str(cfg["batch"]),
-        "--seed",
-        str(cfg["seed"]),
-        "--logging_steps",
-        "20",
-        "--dataloader_num_workers",
-        "0",
-        "--model_max_length",
-        "128",
-    ]
-    train_main(
-        [
-            "--vision_tower",
-            f"ov2:{tower}",
-            "--language_model",
-            str(lm),
-            "--version",
-            "plain",
-            "--data_path",
-            str(data / "captions_0.json"),
-            "--tune_mm_mlp_adapter",
-            "true",
-            "--output_dir",
-            str(out / "stage1"),
-            "--max_steps",
-            str(cfg["stage1_steps"]),
-            "--learning_rate",
-            "1e-3",
-            "--warmup_steps",
-            "0.1",
-            *common,
-        ]
-    )
-    train_main(
-        [
-            "--model_name_or_path",
-            str(out / "stage1"),
-            "--data_path",
-            str(data / "instructions_0.json"),
-            "--lora_enable",
-            "true",
-            "--lora_r",
-            str(cfg["lora_r"]),
-            "--lora_alpha",
-            str(2 * cfg["lora_r"]),  # LLaVA-1.5's alpha = 2 r
-            "--lora_dropout",
-            "0.0",
-            "--learning_rate",
-            "1e-3",
-            "--mm_projector_lr",
-            "2e-3",
-            "--warmup_steps",
-            "0.05",
-            "--lr_scheduler_type",
-            "cosine",
-            "--weight_decay",
-            "0.0",
-            "--merge_lora",
-            "true",
-            "--output_dir",
-            str(out / "stage2"),
-            "--max_steps",
-            str(cfg["stage2_steps"]),
-            *common,
-        ]
-    )
-    return out / "stage2" / "merged"
-
-
-@torch.no_grad()
-def evaluate(model_dir: Path, cfg: dict, seed: int = 1, batch: int = 64) -> dict:
+def evaluate(model_dir: Path, cfg: dict, seed: int = 1, batch: int = 64, use_cpu: bool = True) -> dict:
     """Greedy answers to the held-out questions; accuracy per question type (exact first word)."""
-    model, processor = load_llava(model_dir)
-    model.eval()
-    processor.tokenizer.padding_side = "left"
     records = list(instruction_records(seed, cfg["eval_scenes"]))
-    hits, totals = defaultdict(int), defaultdict(int)
-    for i in range(0, len(records), batch):
-        chunk = records[i : i + batch]
-        texts = [
-            processor.apply_chat_template(
-                [{"role": "user", "content": r["conversations"][0]["value"]}], add_generation_prompt=True
-            )
-            for r in chunk
-        ]
-        images = [make_scene(seed, int(r["id"].split("-")[1])).render(cfg["image_size"]) for r in chunk]
-        inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
-        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-        answers = processor.batch_decode(out[:, inputs.input_ids.shape[1] :], skip_special_tokens=True)
-        for r, a in zip(chunk, answers):
-            words = a.split()
-            totals[r["question_type"]] += 1
-            hits[r["question_type"]] += int(bool(words) and words[0] == r["conversations"][1]["value"])
-    per_type = {t: hits[t] / totals[t] for t in QUESTION_TYPES if totals[t]}
+    answers = greedy_answers(model_dir, records, lambda r: make_scene(seed, scene_index(r)).render(cfg["image_size"]),
+                             batch, use_cpu)
+    hits, totals = Counter(), defaultdict(int)
+    for r, (right, _) in zip(records, answers):
+        totals[r["question_type"]] += 1
+        hits[r["question_type"]] += right
+    per_type = {t: hits[t] / totals[t] for t in QUESTION_TYPES if totals[t]}  # counts: every type, 0 if none asked
     return {"per_type": per_type, "counts": dict(totals), "overall": sum(hits.values()) / sum(totals.values())}
 
 
@@ -253,44 +125,15 @@ def markdown(results: dict) -> str:
     )
 
 
-def claim_output_dir(out: Path, stamp_data: dict, names) -> None:
-    """One set of settings (``stamp_data``) per folder, and no result of the pipelines ``names`` from an earlier
-    run in it.
-
-    Why: the language model, the towers and the data are reused when present (the second
-    process of a side-by-side run relies on that), so a folder made with another seed or size
-    would silently mix runs; and an old ``eval.json`` would end up in the new tables.
-    """
-    stamp = out / "settings.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) != stamp_data:
-        raise ValueError(f"{out} holds a run with other settings (see {stamp}); pass a new --output_dir.")
-    if not stamp.is_file() and out.is_dir() and any(out.iterdir()):
-        raise ValueError(f"{out} is not empty and holds no run settings; pass a new --output_dir.")
-    out.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(stamp_data))
-    for name in names:
-        (out / name / "eval.json").unlink(missing_ok=True)
-
-
-def start_beside(module: str, args: list[str], log: Path) -> subprocess.Popen:
-    """``python -m module *args`` in a child process; this process keeps half of the threads, the child the rest.
-
-    Why: stage 1, stage 2 and the evaluation are many small ops that do not use two cores well,
-    so two pipelines side by side finish much sooner than one after the other.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads // 2))
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, threads - threads // 2))}
-    with open(log, "w") as handle:  # the child keeps its own copy of the file
-        return subprocess.Popen([sys.executable, "-m", module, *args], env=env, stdout=handle, stderr=subprocess.STDOUT)
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--output_dir", default="runs/llava-e2e")
     p.add_argument("--quick", action="store_true", help="Tiny smoke-test sizes (mechanics only).")
     p.add_argument("--bf16", default="auto", choices=["auto", "true", "false"],
-                   help="bf16 autocast for the OV2 pretraining; auto: where the CPU has bf16 matmul instructions.")
+                   help="bf16 autocast for the OV2 pretraining; auto: on a GPU, or where the CPU has bf16 matmul "
+                        "instructions.")
+    p.add_argument("--use_cpu", default="true", choices=["true", "false"],
+                   help="false: pretrain, train and answer on the GPU (the sizes are chosen for 2 CPU cores).")
     p.add_argument("--pretrained", default=None, help="Use this 'ov2 pretrain' output instead of pretraining here.")
     p.add_argument("--only", choices=["pretrained", "random"], default=None,
                    help="Run one pipeline; tables are written once both exist. Without it the random-tower "
@@ -299,6 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
                    help="Override sizes, e.g. stage2_steps=200. seed=N re-draws every random choice (weights, "
                         "training order; the data stay the same), to see the run-to-run spread.")
     args = p.parse_args(argv)
+    use_cpu = args.use_cpu == "true"
     cfg = dict(QUICK if args.quick else FULL)
     cfg.update({k: int(v) for k, v in (kv.split("=") for kv in args.set)})
     out = Path(args.output_dir)
@@ -311,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.pretrained:
         from ..devices import resolve_bf16
 
-        pretrain_tower(pretrained, cfg, resolve_bf16(args.bf16, "cpu"))
+        pretrain_tower(pretrained, cfg["image_size"], cfg["pretrain_steps"], cfg["pretrain_batch"], cfg["seed"],
+                       resolve_bf16(args.bf16, "cpu" if use_cpu else "cuda"), use_cpu)
     # shared inputs are made once, so a second process (--only) reuses them untouched
     control, lm, data = out / "random_tower", out / "lm", out / "data"
     if not (control / "config.json").is_file():
@@ -325,15 +170,16 @@ def main(argv: list[str] | None = None) -> dict:
     only, control_run = args.only, None
     if only is None:  # the two pipelines are independent: run the control beside this one
         control_run = start_beside(__spec__.name, ["--output_dir", str(out), "--pretrained", str(pretrained), "--only",
-                                                   "random", "--bf16", args.bf16, *(["--quick"] if args.quick else []),
+                                                   "random", "--bf16", args.bf16, "--use_cpu", args.use_cpu,
+                                                   *(["--quick"] if args.quick else []),
                                                    "--set", *args.set], out / "random.log")
         only = "pretrained"
     for name, tower in (("pretrained", pretrained), ("random", control)):
         if name != only:
             continue
         t = time.time()
-        model_dir = run_pipeline(tower, lm, data, out / name, cfg)
-        result = evaluate(model_dir, cfg)
+        model_dir, _ = run_pipeline(tower, lm, data, out / name, cfg, use_cpu)
+        result = evaluate(model_dir, cfg, use_cpu=use_cpu)
         probe = probe_towers({name: tower}, cfg["probe_train_scenes"], cfg["probe_test_scenes"])
         result["probe"] = {"majority": probe["majority"], **probe["towers"][name]}
         result["wall_s"] = time.time() - t

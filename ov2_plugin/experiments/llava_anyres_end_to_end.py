@@ -1,6 +1,6 @@
 """What does anyres buy? LLaVA-OneVision's tiles against one tower-sized square, offline, on built-in scenes.
 
-    python -m ov2_plugin.llava.anyres_end_to_end --output_dir runs/anyres-e2e
+    python -m ov2_plugin.experiments.llava_anyres_end_to_end --output_dir runs/anyres-e2e
 
 1. ``ov2 pretrain``: the quickstart's small OpenVision 2, briefly, on the built-in scenes at the tile size
    (``--tower random``: the tiny preset at the tile size, random weights; or a folder to reuse);
@@ -38,9 +38,10 @@ from ..data.aspect_scenes import (
     question_records,
     write_aspect_dataset,
 )
-from .build import IMAGE_TOKEN, VIDEO_TOKEN, load_llava
-from .chat import CHATML
-from .end_to_end import claim_output_dir, make_language_model, start_beside
+from ..llava.build import VIDEO_TOKEN
+from ..llava.chat import CHATML
+from .llava_pipeline import greedy_answers, make_language_model, pretrain_tower, run_pipeline, scene_index, start_beside
+from .run_folder import claim_output_dir
 
 PATCH = 8  # the tiny preset's patch: a 32 px tile is a 4 x 4 grid
 TOWERS = ("pretrain", "random")
@@ -71,11 +72,7 @@ QUICK = dict(side=16, pretrain_steps=2, pretrain_batch=8, stage1_scenes=10, stag
              stage2_steps=2, lora_r=8, batch=4, eval_scenes=10, lm_hidden=64, lm_layers=2, lm_heads=2, seed=0)
 
 
-def flags(**kwargs) -> list[str]:
-    return [item for key, value in kwargs.items() for item in (f"--{key}", str(value))]
-
-
-def make_tower(out: Path, cfg: dict, kind: str) -> Path:
+def make_tower(out: Path, cfg: dict, kind: str, use_cpu: bool = True) -> Path:
     """``ov2 pretrain`` with the quickstart recipe at the tile size (``pretrain``), or the tiny preset at the
     tile size with random weights (``random``, no pretraining)."""
     if kind == "random":
@@ -89,60 +86,23 @@ def make_tower(out: Path, cfg: dict, kind: str) -> Path:
         make_image_processor(config).save_pretrained(out)
         return out
     from ..devices import resolve_bf16
-    from ..pretrain import main as pretrain_main
 
-    pretrain_main(flags(
-        recipe="quickstart", image_size=cfg["side"], output_dir=out, max_steps=cfg["pretrain_steps"],
-        per_device_train_batch_size=cfg["pretrain_batch"], eval_samples=0, save_strategy="no", use_cpu="true",
-        bf16=str(resolve_bf16("auto", "cpu")).lower(), seed=cfg["seed"]))
-    return out
+    return pretrain_tower(out, cfg["side"], cfg["pretrain_steps"], cfg["pretrain_batch"], cfg["seed"],
+                          resolve_bf16("auto", "cpu" if use_cpu else "cuda"), use_cpu)
 
 
-def run_pipeline(name: str, tower: Path, lm: Path, data: Path, out: Path, cfg: dict) -> tuple[Path, dict]:
-    """Stage 1 (projector, captions) then stage 2 (LoRA + projector, dialogues); the merged model and wall times."""
-    from .train import main as train_main
-
-    arch, one_square, _ = VARIANTS[name]
-    common = flags(use_cpu="true", per_device_train_batch_size=cfg["batch"], seed=cfg["seed"], logging_steps=20,
-                   dataloader_num_workers=0, model_max_length=256)
-    pinpoints = flags(image_grid_pinpoints=f"{cfg['side']}x{cfg['side']}") if one_square else []
-    wall, t = {}, time.time()
-    train_main(flags(vision_tower=f"ov2:{tower}", language_model=lm, arch=arch, version="plain",
-                     data_path=data / "captions_0.json", tune_mm_mlp_adapter="true", output_dir=out / "stage1",
-                     max_steps=cfg["stage1_steps"], learning_rate=1e-3, warmup_steps=0.1) + pinpoints + common)
-    wall["stage1"], t = time.time() - t, time.time()
-    train_main(flags(model_name_or_path=out / "stage1", data_path=data / "dialogues_0.json", lora_enable="true",
-                     lora_r=cfg["lora_r"], lora_alpha=2 * cfg["lora_r"], lora_dropout=0.0, learning_rate=1e-3,
-                     mm_projector_lr=2e-3, warmup_steps=0.05, lr_scheduler_type="cosine", weight_decay=0.0,
-                     merge_lora="true", output_dir=out / "stage2", max_steps=cfg["stage2_steps"]) + common)
-    wall["stage2"] = time.time() - t
-    return out / "stage2" / "merged", wall
-
-
-@torch.no_grad()
-def evaluate(model_dir: Path, cfg: dict, seed: int = 1, batch: int = 50) -> dict:
+def evaluate(model_dir: Path, cfg: dict, seed: int = 1, batch: int = 50, use_cpu: bool = True) -> dict:
     """Greedy answers to the held-out questions: exact first word per question type and per (type, aspect),
     and the ``<image>`` placeholders each image became (the image tokens the language model reads)."""
-    model, processor = load_llava(model_dir)
-    model.eval()
-    processor.tokenizer.padding_side = "left"
-    image_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     records = list(question_records(seed, cfg["eval_scenes"]))
+    answers = greedy_answers(model_dir, records, lambda r: make_aspect_scene(seed, scene_index(r)).render(cfg["side"]),
+                             batch, use_cpu)
     hits, totals, tokens = Counter(), Counter(), defaultdict(list)
-    for i in range(0, len(records), batch):
-        chunk = records[i : i + batch]
-        texts = [processor.apply_chat_template([{"role": "user", "content": r["conversations"][0]["value"]}],
-                                               add_generation_prompt=True) for r in chunk]
-        images = [make_aspect_scene(seed, int(r["id"].split("-")[1])).render(cfg["side"]) for r in chunk]
-        inputs = processor(images=images, text=texts, return_tensors="pt", padding=True)
-        out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-        answers = processor.batch_decode(out[:, inputs.input_ids.shape[1] :], skip_special_tokens=True)
-        for r, a, ids in zip(chunk, answers, inputs.input_ids):
-            right = int(a.split()[:1] == [r["conversations"][1]["value"]])
-            for key in (r["question_type"], f"{r['question_type']}/{r['aspect']}"):
-                totals[key] += 1
-                hits[key] += right
-            tokens[r["aspect"]].append(int((ids == image_id).sum()))
+    for r, (right, image_tokens) in zip(records, answers):
+        for key in (r["question_type"], f"{r['question_type']}/{r['aspect']}"):
+            totals[key] += 1
+            hits[key] += right
+        tokens[r["aspect"]].append(image_tokens)
     every = [n for per_aspect in tokens.values() for n in per_aspect]
     return {
         "per_type": {k: hits[k] / totals[k] for k in QUESTION_TYPES},
@@ -202,11 +162,11 @@ def tower_dir(out: Path, tower: str) -> Path:
     return Path(tower)
 
 
-def prepare(out: Path, cfg: dict, tower: str) -> dict:
+def prepare(out: Path, cfg: dict, tower: str, use_cpu: bool = True) -> dict:
     """The shared inputs, made once: tower, language model, data. Returns their wall times."""
     wall, t = {}, time.time()
     if not (tower_dir(out, tower) / "config.json").is_file():
-        make_tower(out / "tower", cfg, tower)
+        make_tower(out / "tower", cfg, tower, use_cpu)
     wall["tower"], t = time.time() - t, time.time()
     if not (out / "lm" / "config.json").is_file():
         # every family's special tokens get rows of their own: ChatML's <|im_end|> ends every answer
@@ -218,13 +178,18 @@ def prepare(out: Path, cfg: dict, tower: str) -> dict:
     return wall
 
 
-def run_variant(name: str, out: Path, cfg: dict, tower: Path) -> None:
+def run_variant(name: str, out: Path, cfg: dict, tower: Path, use_cpu: bool = True) -> None:
+    """Stage 1 (projector, captions) then stage 2 (LoRA + projector, dialogues) for variant ``name``, then the
+    held-out answers; writes ``out/<name>/eval.json``."""
+    arch, one_square, _ = VARIANTS[name]
     t = time.time()
-    model_dir, wall = run_pipeline(name, tower, out / "lm", out / "data", out / name, cfg)
+    model_dir, wall = run_pipeline(tower, out / "lm", out / "data", out / name, cfg, use_cpu, arch=arch,
+                                   image_grid_pinpoints=f"{cfg['side']}x{cfg['side']}" if one_square else None,
+                                   instructions="dialogues_0.json", model_max_length=256)
     t_eval = time.time()
-    result = evaluate(model_dir, cfg)
+    result = evaluate(model_dir, cfg, use_cpu=use_cpu)
     wall["eval"] = time.time() - t_eval
-    result.update(arch=VARIANTS[name][0], wall_s={**wall, "total": time.time() - t})
+    result.update(arch=arch, wall_s={**wall, "total": time.time() - t})
     (out / name / "eval.json").write_text(json.dumps(result, indent=2))
 
 
@@ -239,20 +204,23 @@ def main(argv: list[str] | None = None) -> dict:
                    help="Run these variants here; the tables are written once all exist. Without it "
                         f"{' and '.join(CHILD)} run in a child process beside this one, each on half the CPU threads.")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=INT", help="Override sizes, e.g. stage2_steps=300.")
+    p.add_argument("--use_cpu", default="true", choices=["true", "false"],
+                   help="false: pretrain, train and answer on the GPU (the sizes are chosen for 2 CPU cores).")
     args = p.parse_args(argv)
+    use_cpu = args.use_cpu == "true"
     cfg = dict(QUICK if args.quick else FULL)
     cfg.update({k: int(v) for k, v in (kv.split("=") for kv in args.set)})
     out, t0 = Path(args.output_dir), time.time()
     claim_output_dir(out, {"settings": cfg, "tower": args.tower}, args.only or list(VARIANTS))
-    wall = prepare(out, cfg, args.tower)
+    wall = prepare(out, cfg, args.tower, use_cpu)
     only, child = args.only, None
     if only is None:
         child = start_beside(__spec__.name, ["--output_dir", str(out), "--only", *CHILD, "--tower", args.tower,
-                                             *(["--quick"] if args.quick else []), "--set", *args.set],
+                                             "--use_cpu", args.use_cpu, *(["--quick"] if args.quick else []), "--set", *args.set],
                              out / "child.log")
         only = [name for name in VARIANTS if name not in CHILD]
     for name in only:
-        run_variant(name, out, cfg, tower_dir(out, args.tower))
+        run_variant(name, out, cfg, tower_dir(out, args.tower), use_cpu)
     if child is not None and child.wait() != 0:
         raise RuntimeError(f"The {' and '.join(CHILD)} pipelines failed (exit {child.returncode}); see {out}/child.log.")
     wall["total"] = time.time() - t0
