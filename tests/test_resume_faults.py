@@ -143,7 +143,7 @@ RUN = [
 FAULTS = """
 import errno, os, runpy, signal
 from transformers import TrainerCallback
-from ov2_plugin import checkpointing
+from ov2_plugin import trainer
 
 KILL_AT, FULL_AT = int(os.environ.get("KILL_AT_STEP", -1)), int(os.environ.get("FULL_DISK_AT_STEP", -1))
 FULL_RANK = int(os.environ.get("FULL_DISK_RANK", 0))
@@ -155,7 +155,7 @@ class KillAfterSave(TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-original_init, original_save = checkpointing.Ov2Trainer.__init__, checkpointing.Ov2Trainer._save_rng_state
+original_init, original_save = trainer.Ov2Trainer.__init__, trainer.Ov2Trainer._save_rng_state
 
 
 def init(self, *args, **kwargs):
@@ -169,7 +169,7 @@ def save(self, output_dir):  # every rank writes its own rng_state file, after t
     return original_save(self, output_dir)
 
 
-checkpointing.Ov2Trainer.__init__, checkpointing.Ov2Trainer._save_rng_state = init, save
+trainer.Ov2Trainer.__init__, trainer.Ov2Trainer._save_rng_state = init, save
 runpy.run_module("ov2_plugin.pretrain", run_name="__main__", alter_sys=True)
 """
 

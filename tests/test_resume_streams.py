@@ -38,7 +38,7 @@ RUN = [
 KILLER = """
 import os, signal
 from transformers import TrainerCallback
-from ov2_plugin import checkpointing
+from ov2_plugin import trainer
 from ov2_plugin.pretrain import main
 
 
@@ -50,7 +50,7 @@ class KillAfterSave(TrainerCallback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-original_init = checkpointing.Ov2Trainer.__init__
+original_init = trainer.Ov2Trainer.__init__
 
 
 def init(self, *args, **kwargs):
@@ -58,7 +58,7 @@ def init(self, *args, **kwargs):
     self.add_callback(KillAfterSave())
 
 
-checkpointing.Ov2Trainer.__init__ = init
+trainer.Ov2Trainer.__init__ = init
 main()
 """
 
