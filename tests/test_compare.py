@@ -103,3 +103,10 @@ def test_llava_runs_only_for_the_chosen_seeds(tmp_path):
     assert len(plan(recipe, [0, 1, 2], tmp_path)) - len(labels) == 2 * (1 + len(recipe["objectives"]))
     assert _cell({"mean": 0.5, "std": 0.0, "n": 1}, seeds=3) == "0.500 (n=1)"
     assert _cell({"mean": 0.5, "std": 0.1, "n": 3}, seeds=3) == "0.500 ± 0.100"
+
+
+def test_every_recipe_resumes_by_the_same_units(tmp_path):
+    """The kill-and-resume test above runs ``micro``; what it proves holds for any recipe because the units,
+    their records and their order come from the objectives and seeds alone (``cpu-reading`` here)."""
+    units = lambda name: [(label, path) for label, path, _ in plan(load_comparison_recipe(name), [0, 1], tmp_path)]  # noqa: E731
+    assert units("cpu-reading") == units("micro") == units("cpu")

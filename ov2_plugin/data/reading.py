@@ -8,9 +8,21 @@ lower-case ASCII words of 3-6 letters, about 9,400, minus the words the caption 
 split once by a hash of the word: ``HELD_OUT_SHARE`` of them are never drawn in ``train`` scenes,
 only in ``held_out`` ones, so a held-out word never appears in a training caption.
 
-``scene_of(kind, seed, index, split)`` is the one entry point the data code uses:
-``shapes`` (the original scenes, ``make_scene``), ``reading`` (these), ``mixed`` (even indices
-shapes, odd indices reading). Scene ``i`` of a seed and split is always the same picture.
+A ``ReadingCurriculum`` makes the task easier without a second generator: a smaller, fixed
+vocabulary (a hash-ordered subset of the training words), shorter words, fewer words per scene,
+larger letters, less clutter. The held-out words stay the hash split above (of the curriculum's word
+lengths), so they are never in a training caption or question whatever the curriculum. The default
+curriculum is the task described above, scene for scene and pixel for pixel.
+
+``scene_of(kind, seed, index, split)`` is the one entry point the data code uses; ``SCENE_KINDS``
+names every kind: ``shapes`` (the original scenes, ``make_scene``), ``reading`` (these), ``mixed``
+(even indices shapes, odd indices reading), and ``reading-<c>`` / ``mixed-<c>`` for each other
+curriculum ``c`` of ``CURRICULA``. Scene ``i`` of a kind, seed and split is always the same picture.
+
+Resolution is not a curriculum setting: a batch stacks one pixel tensor and every objective's ViT
+takes one grid, so reading scenes cannot get their own resolution inside a mixed batch without
+per-sample token counts in all four models. Every scene is drawn at the size it is asked for (the
+recipe's ``image_size``; with ``patch_size`` in its ``config_overrides`` the grid can stay the same).
 """
 
 from __future__ import annotations
@@ -24,7 +36,6 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .scenes import COLOURS, COLUMN_NAMES, COUNT_WORDS, SHAPES, WORD_PLACES, WORDS, make_scene
 
-SCENE_KINDS = ("shapes", "reading", "mixed")
 SPLITS = ("train", "held_out")
 HELD_OUT_SHARE = 0.1
 MIN_LETTERS, MAX_LETTERS = 3, 6
@@ -56,6 +67,100 @@ def reading_words() -> dict[str, tuple[str, ...]]:
 
 
 @dataclass(frozen=True)
+class ReadingCurriculum:
+    """What reading scenes draw. The defaults are the built-in task (``reading``, ``mixed``) unchanged.
+
+    Args:
+        vocab_size: training words drawn from: the first ``vocab_size`` of the training words of
+            ``letters`` length in a fixed hash order (None: all of them). Held-out words are not limited.
+        letters: shortest and longest word (both splits); fewer letters fit larger on the image.
+        words_per_scene: the word counts a scene draws from, uniformly.
+        font_share: font size range as a share of the image side (shrunk until the word fits).
+        clutter: fewest and most clutter strokes behind the words.
+    """
+
+    vocab_size: int | None = None
+    letters: tuple[int, int] = (MIN_LETTERS, MAX_LETTERS)
+    words_per_scene: tuple[int, ...] = (1, 2, 3)
+    font_share: tuple[float, float] = (0.14, 0.25)
+    clutter: tuple[int, int] = (2, 5)
+
+
+@dataclass(frozen=True)
+class SceneKind:
+    """A ``scene_of`` kind: shape scenes at even indices (``shapes``), reading scenes of ``curriculum`` (None: none)."""
+
+    shapes: bool
+    curriculum: str | None
+
+
+# Curricula by name. ``cpu``: meant to be learnable by the quickstart-sized tower on 2 cores (``ov2 compare
+# --recipe cpu-reading``; not yet measured): 256 words of 3-4 letters (each seen ~90 times at that recipe's
+# provisional 1000 steps of 32, half of them reading scenes), 1-2 per scene, font 18-29 px at 64 px (4-letter
+# words shrink to ~19 px to fit) against 9-16 px by default, so a letter spans about 2x2 patches of 8 px;
+# 1-3 clutter strokes.
+DEFAULT_CURRICULUM = ReadingCurriculum()
+CURRICULA: dict[str, ReadingCurriculum] = {
+    "default": DEFAULT_CURRICULUM,
+    "cpu": ReadingCurriculum(vocab_size=256, letters=(3, 4), words_per_scene=(1, 2), font_share=(0.28, 0.45),
+                             clutter=(1, 3)),
+}
+SCENE_KINDS: dict[str, SceneKind] = {
+    "shapes": SceneKind(True, None),
+    "reading": SceneKind(False, "default"),
+    "mixed": SceneKind(True, "default"),
+    **{f"{prefix}-{name}": SceneKind(prefix == "mixed", name) for name in CURRICULA if name != "default"
+       for prefix in ("reading", "mixed")},
+}
+
+
+def _scene_kind(kind: str) -> SceneKind:
+    if kind not in SCENE_KINDS:
+        raise ValueError(f"Unknown scene kind {kind!r}; use one of {', '.join(SCENE_KINDS)}.")
+    return SCENE_KINDS[kind]
+
+
+def reading_kind(kind: str) -> str:
+    """The kind of ``kind``'s reading scenes alone (``reading`` for ``shapes``): what reading probes and questions use."""
+    name = _scene_kind(kind).curriculum or "default"
+    return next(k for k, v in SCENE_KINDS.items() if v == SceneKind(False, name))
+
+
+def mixed_kind(kind: str) -> str:
+    """Shape scenes interleaved with ``kind``'s reading scenes (``mixed`` for ``shapes``): what the evaluations use."""
+    name = _scene_kind(kind).curriculum or "default"
+    return next(k for k, v in SCENE_KINDS.items() if v == SceneKind(True, name))
+
+
+def curriculum_of(kind: str) -> ReadingCurriculum:
+    """The reading curriculum of ``kind`` (the default one for ``shapes``)."""
+    return CURRICULA[_scene_kind(kind).curriculum or "default"]
+
+
+def _hash_order(word: str) -> bytes:
+    return hashlib.sha256(f"ov2-curriculum/{word}".encode()).digest()
+
+
+@lru_cache(maxsize=16)
+def curriculum_words(curriculum: ReadingCurriculum = DEFAULT_CURRICULUM) -> dict[str, tuple[str, ...]]:
+    """{'train': words, 'held_out': words} of ``curriculum``, each sorted (a word's index is its class).
+
+    The training subset is fixed: the first ``vocab_size`` words of the right length in the order of a
+    hash of the word, so it does not depend on the vocabulary file's order or on the other settings.
+    """
+    lo, hi = curriculum.letters
+    if not MIN_LETTERS <= lo <= hi <= MAX_LETTERS:
+        raise ValueError(f"Curriculum letters {curriculum.letters} must lie within {MIN_LETTERS}-{MAX_LETTERS}.")
+    words = {split: tuple(w for w in v if lo <= len(w) <= hi) for split, v in reading_words().items()}
+    if curriculum.vocab_size is not None:
+        if not 0 < curriculum.vocab_size <= len(words["train"]):
+            raise ValueError(f"Curriculum vocab_size {curriculum.vocab_size} must be 1-{len(words['train'])} "
+                             f"(training words of {lo}-{hi} letters).")
+        words["train"] = tuple(sorted(sorted(words["train"], key=_hash_order)[:curriculum.vocab_size]))
+    return words
+
+
+@dataclass(frozen=True)
 class ReadingScene:
     words: tuple[str, ...]  # top to bottom
     colour: str  # a TEXT_COLOURS name
@@ -75,22 +180,24 @@ class ReadingScene:
         return render_reading_scene(self, size)
 
 
-def make_reading_scene(seed: int, index: int, split: str = "train") -> ReadingScene:
-    """Reading scene ``index`` of stream ``seed``, words drawn from ``split`` ('train' or 'held_out')."""
+def make_reading_scene(seed: int, index: int, split: str = "train",
+                       curriculum: ReadingCurriculum = DEFAULT_CURRICULUM) -> ReadingScene:
+    """Reading scene ``index`` of stream ``seed``, words drawn from ``split`` ('train' or 'held_out')
+    of ``curriculum``'s vocabulary (the default: the built-in task, as it always was)."""
     if split not in SPLITS:
         raise ValueError(f"Unknown reading split {split!r}; use 'train' or 'held_out'.")
     rng = random.Random(f"ov2-reading/{split}/{seed}/{index}")
-    vocab = reading_words()[split]
-    words = tuple(rng.choice(vocab) for _ in range(rng.choice((1, 2, 3))))
+    vocab = curriculum_words(curriculum)[split]
+    words = tuple(rng.choice(vocab) for _ in range(rng.choice(curriculum.words_per_scene)))
     colour = rng.choice(list(TEXT_COLOURS))
     ink = TEXT_COLOURS[colour]
     while True:  # a background far enough from the ink to be readable
         background = tuple(rng.randint(0, 120) for _ in range(3))
         if sum(abs(a - b) for a, b in zip(background, ink)) > 150:
             break
-    layout = tuple((rng.uniform(0.14, 0.25), rng.random(), rng.uniform(-0.15, 0.15)) for _ in words)
+    layout = tuple((rng.uniform(*curriculum.font_share), rng.random(), rng.uniform(-0.15, 0.15)) for _ in words)
     clutter = []
-    for _ in range(rng.randint(2, 5)):
+    for _ in range(rng.randint(*curriculum.clutter)):
         kind = rng.choice(("line", "box", "dot"))
         x0, y0 = rng.random(), rng.random()
         x1, y1 = x0 + rng.uniform(-0.4, 0.4), y0 + rng.uniform(-0.4, 0.4)
@@ -128,9 +235,8 @@ def render_reading_scene(scene: ReadingScene, size: int = 64) -> Image.Image:
 
 
 def scene_of(kind: str, seed: int, index: int, split: str = "train"):
-    """Scene ``index`` of ``kind`` (shapes, reading, mixed: even indices shapes, odd reading)."""
-    if kind == "shapes" or (kind == "mixed" and index % 2 == 0):
+    """Scene ``index`` of ``kind`` (``SCENE_KINDS``: shapes; reading; mixed: even indices shapes, odd reading)."""
+    spec = _scene_kind(kind)
+    if spec.curriculum is None or (spec.shapes and index % 2 == 0):
         return make_scene(seed, index)
-    if kind in ("reading", "mixed"):
-        return make_reading_scene(seed, index, split)
-    raise ValueError(f"Unknown scene kind {kind!r}; use one of {', '.join(SCENE_KINDS)}.")
+    return make_reading_scene(seed, index, split, CURRICULA[spec.curriculum])

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.reading import LETTERS, ReadingScene, scene_of
+from ..data.reading import LETTERS, SCENE_KINDS, ReadingScene, curriculum_of, curriculum_words, reading_kind, scene_of
 from ..data.scenes import COLOURS, COLUMN_NAMES, SHAPES, WORDS, Scene, make_scene
 
 COLOUR_NAMES = tuple(COLOURS)
@@ -77,17 +77,20 @@ def tower_features(path: str | Path, seed: int, num_scenes: int, layer: int = -2
 
 
 def ridge_probe(train_x: torch.Tensor, train_y: dict[str, torch.Tensor], test_x: torch.Tensor,
-                test_y: dict[str, torch.Tensor], val_share: float = 0.2) -> dict[str, float]:
+                test_y: dict[str, torch.Tensor], val_share: float = 0.2,
+                classes: dict[str, int] | None = None) -> dict[str, float]:
     """Held-out accuracy per attribute. Kernel form, because the patch view is wider than the number of scenes.
 
     All attributes share one eigendecomposition; each picks its ridge strength on the last
-    ``val_share`` of the training scenes, then is refitted on all of them.
+    ``val_share`` of the training scenes, then is refitted on all of them. ``classes``: class counts
+    of targets ``num_classes`` does not know (the whole-word probe's vocabulary).
     """
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6
     train_x, test_x = ((train_x - mean) / std).double(), ((test_x - mean) / std).double()
     names = list(train_y)
-    onehot = torch.cat([torch.nn.functional.one_hot(train_y[n], num_classes(n)) for n in names], 1).double()
-    blocks = torch.tensor([num_classes(n) for n in names]).cumsum(0).tolist()
+    sizes = [(classes or {}).get(n) or num_classes(n) for n in names]
+    onehot = torch.cat([torch.nn.functional.one_hot(train_y[n], k) for n, k in zip(names, sizes)], 1).double()
+    blocks = torch.tensor(sizes).cumsum(0).tolist()
     n_fit = int(len(train_x) * (1 - val_share))
 
     def fit_predict(x: torch.Tensor, y: torch.Tensor, query: torch.Tensor) -> list[torch.Tensor]:
@@ -161,6 +164,7 @@ def _majority_accuracy(truth: torch.Tensor, name: str) -> float:
 
 
 READING_LETTERS = 3  # letters probed: the first three of the first word (every reading word has 3 or more)
+WORD_TARGET = "reading_word"  # the whole-word probe's target (curricula with a limited vocabulary only)
 
 
 def reading_targets(scene: ReadingScene) -> dict[str, int]:
@@ -172,38 +176,73 @@ def reading_targets(scene: ReadingScene) -> dict[str, int]:
     return {f"letter/{i + 1}": LETTERS.index(scene.words[0][i]) for i in range(READING_LETTERS)}
 
 
-def probe_reading(towers: dict[str, str | Path], train_scenes: int = 2000, test_scenes: int = 500,
-                  layer: int = -2) -> dict:
-    """Letter probes fitted on reading scenes of training words, scored on new scenes of training
-    words (``reading_seen``) and of held-out words never drawn in training (``reading_unseen``)."""
-    sets = {"train": (0, "train", train_scenes), "reading_seen": (1, "train", test_scenes),
+def _reading_sets(train_scenes: int, test_scenes: int) -> dict[str, tuple[int, str, int]]:
+    """name -> (seed, split, scenes): the probe's training scenes and its two test sets."""
+    return {"train": (0, "train", train_scenes), "reading_seen": (1, "train", test_scenes),
             "reading_unseen": (1, "held_out", test_scenes)}
+
+
+def _reading_target_sets(kind: str, sets: dict[str, tuple[int, str, int]]) -> dict[str, dict[str, torch.Tensor]]:
+    """Letter targets of every set, and the first word's class where the curriculum's vocabulary is limited
+    (training words only: a held-out word is no class the probe was fitted on)."""
+    words = curriculum_words(curriculum_of(kind))["train"] if curriculum_of(kind).vocab_size else ()
+    vocab = {w: i for i, w in enumerate(words)}
     targets = {}
     for name, (seed, split, n) in sets.items():
-        rows = [reading_targets(scene_of("reading", seed, i, split)) for i in range(n)]
+        scenes = [scene_of(kind, seed, i, split) for i in range(n)]
+        rows = [reading_targets(s) for s in scenes]
         targets[name] = {k: torch.tensor([r[k] for r in rows]) for k in rows[0]}
-    mean = lambda d: sum(d.values()) / len(d)  # noqa: E731 - the three letters weigh the same
+        if vocab and split == "train":
+            targets[name][WORD_TARGET] = torch.tensor([vocab[s.words[0]] for s in scenes])
+    return targets
+
+
+def probe_reading(towers: dict[str, str | Path], train_scenes: int = 2000, test_scenes: int = 500,
+                  layer: int = -2, kind: str = "reading") -> dict:
+    """Letter probes fitted on reading scenes of training words, scored on new scenes of training
+    words (``reading_seen``) and of held-out words never drawn in training (``reading_unseen``).
+
+    ``kind``: whose reading scenes (``data/reading.py``: ``reading``, or a curriculum's ``reading-<c>``;
+    a mixed kind means its reading scenes). Where the vocabulary is limited, also ``reading_word_seen``:
+    the first word itself, one class per training word, on the seen-word scenes. ``majority`` holds
+    what always giving the commonest answer scores, per task.
+    """
+    kind = reading_kind(kind)
+    sets = _reading_sets(train_scenes, test_scenes)
+    targets = _reading_target_sets(kind, sets)
+    with_word = WORD_TARGET in targets["train"]
+    classes = {WORD_TARGET: len(curriculum_words(curriculum_of(kind))["train"])} if with_word else None
+    letters = lambda d: sum(v for k, v in d.items() if k != WORD_TARGET) / READING_LETTERS  # noqa: E731 - equal weights
     results = {}
     for tower, path in towers.items():
-        feats = {name: tower_features(path, seed, n, layer, scenes="reading", split=split)
+        feats = {name: tower_features(path, seed, n, layer, scenes=kind, split=split)
                  for name, (seed, split, n) in sets.items()}
         results[tower] = {}
         for view in ("patch", "pooled"):
             pick = (lambda f: f.flatten(1)) if view == "patch" else (lambda f: f.mean(1))
-            results[tower][view] = {name: mean(ridge_probe(pick(feats["train"]), targets["train"], pick(feats[name]),
-                                                           targets[name])) for name in ("reading_seen", "reading_unseen")}
-    majority = {name: mean({k: _majority_accuracy(t, k) for k, t in targets[name].items()})
+            row = {}
+            for name in ("reading_seen", "reading_unseen"):
+                fit_y = {k: v for k, v in targets["train"].items() if k in targets[name]}
+                acc = ridge_probe(pick(feats["train"]), fit_y, pick(feats[name]), targets[name], classes=classes)
+                row[name] = letters(acc)
+                if WORD_TARGET in acc:
+                    row["reading_word_seen"] = acc[WORD_TARGET]
+            results[tower][view] = row
+    majority = {name: letters({k: _majority_accuracy(t, k) for k, t in targets[name].items()})
                 for name in ("reading_seen", "reading_unseen")}
+    if with_word:
+        majority["reading_word_seen"] = _majority_accuracy(targets["reading_seen"][WORD_TARGET], WORD_TARGET)
     return {"majority": majority, "towers": results, "settings": {"train_scenes": train_scenes,
-            "test_scenes": test_scenes, "layer": layer, "letters": READING_LETTERS}}
+            "test_scenes": test_scenes, "layer": layer, "letters": READING_LETTERS, "kind": kind}}
 
 
 def markdown_reading(results: dict) -> str:
     names = list(results["towers"])
     head = " | ".join(f"{n} ({v})" for n in names for v in ("patch", "pooled"))
-    rows = [f"| reading (first {READING_LETTERS} letters) | majority answer | {head} |",
+    what = f"first {READING_LETTERS} letters" + ("; whole first word" if "reading_word_seen" in results["majority"] else "")
+    rows = [f"| reading ({what}) | majority answer | {head} |",
             "|---|---|" + "---|" * (2 * len(names))]
-    for a in ("reading_seen", "reading_unseen"):
+    for a in results["majority"]:
         cells = " | ".join(f"{results['towers'][n][v][a]:.3f}" for n in names for v in ("patch", "pooled"))
         rows.append(f"| {a} | {results['majority'][a]:.3f} | {cells} |")
     return "\n".join(rows) + "\n"
@@ -229,9 +268,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--task", choices=["shapes", "reading"], default="shapes",
                    help="shapes: the attributes above; reading: letters of words from a large vocabulary, "
                         "seen and held-out words (data/reading.py).")
+    p.add_argument("--scene_kind", default="reading", choices=list(SCENE_KINDS),
+                   help="--task reading: whose reading scenes (a curriculum's, e.g. reading-cpu, adds a whole-word probe).")
     args = p.parse_args(argv)
-    probe, table = (probe_towers, markdown) if args.task == "shapes" else (probe_reading, markdown_reading)
-    results = probe({t: t for t in args.towers}, args.train_scenes, args.test_scenes, args.layer)
+    towers = {t: t for t in args.towers}
+    if args.task == "shapes":
+        results, table = probe_towers(towers, args.train_scenes, args.test_scenes, args.layer), markdown
+    else:
+        results = probe_reading(towers, args.train_scenes, args.test_scenes, args.layer, kind=args.scene_kind)
+        table = markdown_reading
     print(table(results))
     if args.output_dir:
         out = Path(args.output_dir)

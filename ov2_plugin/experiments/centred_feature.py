@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
             work = args.compare_dir / "centred" / f"seed{seed}" / objective
             norms = centre_feature(run / "tower", work / "tower")
             centred = llava(work / "tower", args.compare_dir / f"seed{seed}" / "lm", args.compare_dir / "llava_data",
-                            work / "llava", recipe["llava"], seed, size, use_cpu=not torch.cuda.is_available())
+                            work / "llava", recipe["llava"], seed, size, use_cpu=not torch.cuda.is_available(),
+                            scene_kind=recipe["pretrain"]["scene_kind"])
             before = json.loads((run / "llava.json").read_text())["per_task"]
             results[f"seed{seed}/{objective}"] = {**norms, "uncentred": before, "centred": centred["per_task"]}
             write_json_atomically(args.compare_dir / "centred" / f"seed{seed}" / f"{objective}.json", results[f"seed{seed}/{objective}"])

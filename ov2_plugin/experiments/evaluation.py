@@ -6,6 +6,9 @@
 - ``llava``: the LLaVA pipeline of ``llava_pipeline`` (as ``llava_end_to_end``: stage 1 projector on captions,
   stage 2 LoRA on built-in questions, greedy answers to held-out questions), on the mixed data:
   the shape questions plus the reading question (first letter), on seen and on held-out words.
+
+``scene_kind`` (a ``data/reading.py`` kind, the recipe's pretraining data) picks the reading scenes of
+every evaluation: its curriculum's words, sizes and clutter (``mixed``, the default, is the built-in task).
 """
 
 from __future__ import annotations
@@ -16,24 +19,25 @@ from pathlib import Path
 import torch
 
 from ..data.instructions import QUESTION_TYPES, instruction_records, write_dataset
-from ..data.reading import scene_of
+from ..data.reading import mixed_kind, reading_kind, scene_of
 from ..evaluation.scene_probe import probe_reading, probe_towers
 from .llava_pipeline import greedy_answers, run_pipeline, scene_index
 
 EVAL_SEED = 1  # held-out scenes: a stream no training step or probe fit ever drew
 
 
-def probes(tower: Path, cfg: dict) -> dict:
-    """{view: {task: accuracy}} for reading_seen, reading_unseen and the shape attributes."""
+def probes(tower: Path, cfg: dict, scene_kind: str = "mixed") -> dict:
+    """{view: {task: accuracy}} for reading_seen, reading_unseen (and reading_word_seen where the
+    curriculum's vocabulary is limited) and the shape attributes."""
     shapes = probe_towers({"t": tower}, cfg["train_scenes"], cfg["test_scenes"])
-    reading = probe_reading({"t": tower}, cfg["train_scenes"], cfg["test_scenes"])
+    reading = probe_reading({"t": tower}, cfg["train_scenes"], cfg["test_scenes"], kind=reading_kind(scene_kind))
     views = {v: {**reading["towers"]["t"][v], **shapes["towers"]["t"][v]} for v in ("patch", "pooled")}
     return {**views, "majority": {**reading["majority"], **shapes["majority"]}}
 
 
 @torch.no_grad()
-def retrieval(tower: Path, num_scenes: int, image_size: int, batch: int = 64) -> dict:
-    """Image -> text and text -> image recall@1 among ``num_scenes`` held-out mixed scenes.
+def retrieval(tower: Path, num_scenes: int, image_size: int, batch: int = 64, scene_kind: str = "mixed") -> dict:
+    """Image -> text and text -> image recall@1 among ``num_scenes`` held-out mixed scenes (of ``scene_kind``'s curriculum).
 
     A retrieved caption counts as right when its text equals the true one (two shape scenes can
     share a caption). Scenes are rendered at the tower's size and preprocessed by its processor.
@@ -46,7 +50,7 @@ def retrieval(tower: Path, num_scenes: int, image_size: int, batch: int = 64) ->
     model = load_objective_model(tower).eval()
     processor = AutoImageProcessor.from_pretrained(tower)
     tokenizer = build_caption_tokenizer(model.config.decoder_config.max_length)
-    scenes = [scene_of("mixed", EVAL_SEED, i) for i in range(num_scenes)]
+    scenes = [scene_of(mixed_kind(scene_kind), EVAL_SEED, i) for i in range(num_scenes)]
     captions = [s.caption for s in scenes]
     images, texts = [], []
     for start in range(0, num_scenes, batch):
@@ -61,32 +65,33 @@ def retrieval(tower: Path, num_scenes: int, image_size: int, batch: int = 64) ->
     return {"image_to_text_r1": i2t, "text_to_image_r1": t2i, "scenes": num_scenes, "chance_r1": 1 / num_scenes}
 
 
-def make_llava_data(out: Path, cfg: dict, image_size: int) -> Path:
+def make_llava_data(out: Path, cfg: dict, image_size: int, scene_kind: str = "mixed") -> Path:
     """Stage 1 captions and stage 2 questions on mixed scenes of training words (seed 0)."""
-    write_dataset(out, "captions", 0, cfg["stage1_scenes"], image_size, scenes="mixed")
-    write_dataset(out, "instructions", 0, cfg["stage2_scenes"], image_size, scenes="mixed")
+    write_dataset(out, "captions", 0, cfg["stage1_scenes"], image_size, scenes=mixed_kind(scene_kind))
+    write_dataset(out, "instructions", 0, cfg["stage2_scenes"], image_size, scenes=mixed_kind(scene_kind))
     return out
 
 
 def llava(tower: Path, lm: Path, data: Path, out: Path, cfg: dict, seed: int, image_size: int,
-          use_cpu: bool) -> dict:
+          use_cpu: bool, scene_kind: str = "mixed") -> dict:
     """Stage 1 + LoRA stage 2 (``llava_pipeline.run_pipeline``), then held-out accuracy per question type."""
     merged, _ = run_pipeline(tower, lm, data, out, {**cfg, "seed": seed}, use_cpu)
-    return answer_accuracy(merged, cfg["eval_scenes"], image_size, use_cpu=use_cpu)
+    return answer_accuracy(merged, cfg["eval_scenes"], image_size, use_cpu=use_cpu, scene_kind=scene_kind)
 
 
-def held_out_questions(num_scenes: int) -> list[tuple[str, dict]]:
-    """(task, record): shape questions on shape scenes; the letter question on reading scenes of
-    training words (``letter_seen``) and of held-out words (``letter_unseen``)."""
+def held_out_questions(num_scenes: int, scene_kind: str = "mixed") -> list[tuple[str, dict]]:
+    """(task, record): shape questions on shape scenes; the letter question on ``scene_kind``'s reading
+    scenes of training words (``letter_seen``) and of held-out words (``letter_unseen``)."""
     out = [(r["question_type"], r) for r in instruction_records(EVAL_SEED, num_scenes)]
     for split, task in (("train", "letter_seen"), ("held_out", "letter_unseen")):
-        out += [(task, r) for r in instruction_records(EVAL_SEED, num_scenes, scenes="reading", split=split)]
+        out += [(task, r) for r in instruction_records(EVAL_SEED, num_scenes, scenes=reading_kind(scene_kind), split=split)]
     return out
 
 
-def answer_accuracy(model_dir: Path, num_scenes: int, image_size: int, batch: int = 64, use_cpu: bool = True) -> dict:
+def answer_accuracy(model_dir: Path, num_scenes: int, image_size: int, batch: int = 64, use_cpu: bool = True,
+                    scene_kind: str = "mixed") -> dict:
     """Greedy answers to ``held_out_questions``, exact match of the first word, per task."""
-    items = held_out_questions(num_scenes)
+    items = held_out_questions(num_scenes, scene_kind)
     answers = greedy_answers(model_dir, [r for _, r in items], lambda r: _record_scene(r).render(image_size), batch,
                              use_cpu)
     hits, totals = Counter(), Counter()

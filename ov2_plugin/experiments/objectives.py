@@ -5,10 +5,10 @@
 
 For each seed and objective (``caption`` = OpenVision 2, ``openvision``, ``clip``, ``coca``;
 ``ov2_plugin/baselines``): ``ov2 pretrain --objective`` on the same data (mixed shapes + reading
-scenes), ViT, trainer and optimiser, for the number of steps that spends the recipe's FLOP budget
-(``cost.py``); then the same evaluations for every tower (``evaluation.py``): linear probes,
-zero-shot retrieval where there is a text tower, the LLaVA pipeline. Writes ``compare.json``,
-``compare.md`` and ``compare.png`` in ``--output_dir``.
+scenes; ``cpu-reading``: an easier reading curriculum, ``data/reading.py``), ViT, trainer and optimiser,
+for the number of steps that spends the recipe's FLOP budget (``cost.py``); then the same evaluations
+for every tower (``evaluation.py``): linear probes, zero-shot retrieval where there is a text tower, the
+LLaVA pipeline. Writes ``compare.json``, ``compare.md`` and ``compare.png`` in ``--output_dir``.
 
 Resumable: every finished unit (FLOP count, data, language model, a pretraining, a probe, a
 retrieval, a LLaVA run) leaves a JSON record, written whole or not at all; a rerun with the same
@@ -116,11 +116,11 @@ def plan(recipe: dict, seeds: list[int], out: Path, llava_seeds: list[int] | Non
     from . import evaluation
     from .llava_pipeline import make_language_model
 
-    size, units = recipe["model"]["image_size"], []
+    size, units, kind = recipe["model"]["image_size"], [], recipe["pretrain"]["scene_kind"]
     flops_file, data = out / "flops.json", out / "llava_data"
     units.append(("count training FLOPs", flops_file, lambda: in_child(count_flops, recipe)))
     units.append(("write LLaVA data", data / "done.json",
-                  lambda: (evaluation.make_llava_data(data, recipe["llava"], size), {"folder": str(data)})[1]))
+                  lambda: (evaluation.make_llava_data(data, recipe["llava"], size, kind), {"folder": str(data)})[1]))
     for seed in seeds:
         root = out / f"seed{seed}"
         lm, with_llava = root / "lm", llava_seeds is None or seed in llava_seeds
@@ -137,14 +137,15 @@ def plan(recipe: dict, seeds: list[int], out: Path, llava_seeds: list[int] | Non
 
             units.append((f"seed {seed}: {o}: pretrain", d / "pretrain.json", pretrain))
             units.append((f"seed {seed}: {o}: probes", d / "probe.json",
-                          lambda tower=tower: evaluation.probes(tower, recipe["probe"])))
+                          lambda tower=tower: evaluation.probes(tower, recipe["probe"], kind)))
             if o != "caption":  # OpenVision 2 has no text tower
                 units.append((f"seed {seed}: {o}: retrieval", d / "retrieval.json",
-                              lambda tower=tower: evaluation.retrieval(tower, recipe["retrieval"]["scenes"], size)))
+                              lambda tower=tower: evaluation.retrieval(tower, recipe["retrieval"]["scenes"], size,
+                                                                       scene_kind=kind)))
 
             def llava(o=o, seed=seed, tower=tower, d=d, lm=lm):
                 shutil.rmtree(d / "llava", ignore_errors=True)
-                return evaluation.llava(tower, lm, data, d / "llava", recipe["llava"], seed, size, _device() == "cpu")
+                return evaluation.llava(tower, lm, data, d / "llava", recipe["llava"], seed, size, _device() == "cpu", kind)
 
             if with_llava:
                 units.append((f"seed {seed}: {o}: LLaVA", d / "llava.json", llava))
@@ -195,7 +196,8 @@ def write_outputs(out: Path, recipe: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description="Pretraining objectives at equal training FLOPs, judged downstream.")
-    p.add_argument("--recipe", default="cpu", help="cpu, cpu-short, cpu-short-fp32, gpu-B16, micro, or a JSON/YAML file (ov2_plugin/experiments/recipes.py).")
+    p.add_argument("--recipe", default="cpu", help="cpu, cpu-short, cpu-short-fp32, cpu-reading, gpu-B16, micro, or a JSON/YAML file "
+                                                   "(ov2_plugin/experiments/recipes.py).")
     p.add_argument("--output_dir", default="runs/compare")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--objectives", nargs="+", default=None, choices=["caption", "openvision", "clip", "coca"],

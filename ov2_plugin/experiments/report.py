@@ -7,6 +7,8 @@ import statistics
 from pathlib import Path
 
 PROBE_TASKS = ("reading_seen", "reading_unseen", "count", "colour", "position", "presence")
+# Reported only where a run has them (a reading curriculum with a limited vocabulary: ``cpu-reading``).
+OPTIONAL_PROBE_TASKS = ("reading_word_seen",)
 LLAVA_TASKS = ("letter_seen", "letter_unseen", "count", "colour", "position", "presence", "choice", "word")
 NAMES = {"caption": "OpenVision 2 (caption only)", "openvision": "OpenVision-1 style", "clip": "CLIP style (sigmoid)",
          "coca": "CoCa (open_clip)"}
@@ -22,6 +24,7 @@ def _spread(values: list[float]) -> dict:
 def summarise(runs: dict[str, dict[str, dict]]) -> dict:
     """runs[seed][objective] = {'pretrain', 'probe', 'retrieval', 'llava'} -> per objective, mean/std over seeds."""
     objectives = sorted({o for per_seed in runs.values() for o in per_seed}, key=list(NAMES).index)
+    tasks = probe_tasks(runs)
     out = {}
     for o in objectives:
         rows = [per_seed[o] for per_seed in runs.values() if o in per_seed]
@@ -31,12 +34,18 @@ def summarise(runs: dict[str, dict[str, dict]]) -> dict:
 
         out[o] = {
             "cost": {k: _spread(get("pretrain", k)) for k in ("steps", "train_flops", "wall_s", "peak_mb")},
-            "probe_patch": {t: _spread(get("probe", "patch", t)) for t in PROBE_TASKS},
-            "probe_pooled": {t: _spread(get("probe", "pooled", t)) for t in PROBE_TASKS},
+            "probe_patch": {t: _spread(get("probe", "patch", t)) for t in tasks},
+            "probe_pooled": {t: _spread(get("probe", "pooled", t)) for t in tasks},
             "llava": {t: _spread(get("llava", "per_task", t)) for t in LLAVA_TASKS},
             "retrieval": {k: _spread(get("retrieval", k)) for k in ("image_to_text_r1", "text_to_image_r1")},
         }
     return out
+
+
+def probe_tasks(runs: dict[str, dict[str, dict]]) -> tuple[str, ...]:
+    """``PROBE_TASKS``, then each optional task some probe record holds (so other recipes' tables are as they were)."""
+    held = {t for per_seed in runs.values() for r in per_seed.values() for t in r.get("probe", {}).get("patch", {})}
+    return PROBE_TASKS[:2] + tuple(t for t in OPTIONAL_PROBE_TASKS if t in held) + PROBE_TASKS[2:]
 
 
 def _dig(record: dict, keys: tuple) -> float | None:
@@ -55,23 +64,29 @@ def _cell(s: dict, digits: int = 3, seeds: int = 0) -> str:
     return text + (f" (n={s['n']})" if s["n"] < seeds else "")
 
 
+def _tasks(summary: dict) -> tuple[str, ...]:
+    """The probe tasks of a summary, in ``summarise``'s order."""
+    return tuple(next(iter(summary.values()))["probe_patch"]) if summary else PROBE_TASKS
+
+
 def markdown(summary: dict, settings: dict, majority: dict | None = None) -> str:
     seeds = max((s["cost"]["steps"]["n"] for s in summary.values()), default=0)
+    tasks = _tasks(summary)
     lines = [f"Seeds: {seeds} (cells: mean ± standard deviation over seeds). Equal cost = equal counted training "
              f"FLOPs ({settings['budget']['objective']} for {settings['budget']['steps']} steps).", "",
              "| objective | steps | training TFLOPs | wall-clock s | peak memory MB | "
-             + " | ".join(f"probe {t}" for t in PROBE_TASKS) + " |", "|---" * (5 + len(PROBE_TASKS)) + "|"]
+             + " | ".join(f"probe {t}" for t in tasks) + " |", "|---" * (5 + len(tasks)) + "|"]
     for o, s in summary.items():
         c = s["cost"]
         tflops = {**c["train_flops"], "mean": c["train_flops"]["mean"] / 1e12, "std": (c["train_flops"]["std"] or 0) / 1e12}
         lines.append(f"| {NAMES.get(o, o)} | {_cell(c['steps'], 0, seeds)} | {_cell(tflops, 2)} | {_cell(c['wall_s'], 0)} | "
-                     f"{_cell(c['peak_mb'], 0)} | " + " | ".join(_cell(s["probe_patch"][t], seeds=seeds) for t in PROBE_TASKS) + " |")
+                     f"{_cell(c['peak_mb'], 0)} | " + " | ".join(_cell(s["probe_patch"][t], seeds=seeds) for t in tasks) + " |")
     if majority:
-        lines.append("| majority answer | | | | | " + " | ".join(f"{majority.get(t, float('nan')):.3f}" for t in PROBE_TASKS) + " |")
+        lines.append("| majority answer | | | | | " + " | ".join(f"{majority.get(t, float('nan')):.3f}" for t in tasks) + " |")
     lines += ["", "Probes of the pooled feature (the mean patch token):", "",
-              "| objective | " + " | ".join(PROBE_TASKS) + " |", "|---" * (1 + len(PROBE_TASKS)) + "|"]
+              "| objective | " + " | ".join(tasks) + " |", "|---" * (1 + len(tasks)) + "|"]
     for o, s in summary.items():
-        lines.append(f"| {NAMES.get(o, o)} | " + " | ".join(_cell(s["probe_pooled"][t], seeds=seeds) for t in PROBE_TASKS) + " |")
+        lines.append(f"| {NAMES.get(o, o)} | " + " | ".join(_cell(s["probe_pooled"][t], seeds=seeds) for t in tasks) + " |")
     lines += ["", "LLaVA (stage 1 + LoRA stage 2, held-out questions, exact match) and zero-shot retrieval (R@1):", "",
               "| objective | " + " | ".join(LLAVA_TASKS) + " | image→text | text→image |",
               "|---" * (3 + len(LLAVA_TASKS)) + "|"]
@@ -88,8 +103,12 @@ def plot(summary: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 3, figsize=(11, 6.5), sharex=True)
-    for ax, task in zip(axes.flat, PROBE_TASKS):
+    tasks = _tasks(summary)
+    columns = math.ceil(len(tasks) / 2)
+    fig, axes = plt.subplots(2, columns, figsize=(11 * columns / 3, 6.5), sharex=True)
+    for ax in axes.flat[len(tasks):]:
+        ax.set_visible(False)
+    for ax, task in zip(axes.flat, tasks):
         for o, s in summary.items():
             x, y = s["cost"]["wall_s"], s["probe_patch"][task]
             if x["mean"] is None or y["mean"] is None:
