@@ -96,7 +96,8 @@ class DataArguments:
     scene_seed: int = field(default=0, metadata={"help": "Seed of the training scene stream."})
     scene_kind: str = field(default="shapes", metadata={
         "help": "Built-in data: shapes (the original scenes), reading (1-3 words from ~8,400 training words, "
-                "data/reading.py) or mixed (half each)."})
+                "data/reading.py), mixed (half each), or reading-cpu / mixed-cpu (the CPU reading curriculum: "
+                "256 words of 3-4 letters, larger letters)."})
     eval_samples: int = field(default=256, metadata={"help": "Held-out scenes for the final report (0: none)."})
     eval_seed: int = field(default=1, metadata={"help": "Seed of the held-out scene stream."})
     train_shards: str | None = field(default=None, metadata={
