@@ -75,7 +75,9 @@ RECIPES["cpu-short-fp32"]["pretrain"]["bf16"] = False
 # LLaVA with 100 stage-2 steps) ~4-5 min; 30 min - 5 min leaves ~1500 s of pretraining = ~1100 caption steps at
 # 300 steps / 400 s; 1000 keeps ~10 % for the whole-word probe, CoCa's spread and a busier machine.
 RECIPES["cpu-reading"] = copy.deepcopy(RECIPES["cpu-short-fp32"])
-RECIPES["cpu-reading"]["budget"]["steps"] = 1000  # PROVISIONAL: fix after measuring (see above)
+# Measured so far (docs/objectives.md, "cpu-reading"): up to 2000 caption steps on this curriculum no tower
+# reads beyond a random one's probe, so the curriculum, not only the budget, still has to change.
+RECIPES["cpu-reading"]["budget"]["steps"] = 1000  # PROVISIONAL: fix once a tower learns to read here
 RECIPES["cpu-reading"]["pretrain"]["scene_kind"] = "mixed-cpu"
 
 
