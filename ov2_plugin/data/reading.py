@@ -104,6 +104,8 @@ CURRICULA: dict[str, ReadingCurriculum] = {
     "default": DEFAULT_CURRICULUM,
     "cpu": ReadingCurriculum(vocab_size=256, letters=(3, 4), words_per_scene=(1, 2), font_share=(0.28, 0.45),
                              clutter=(1, 3)),
+    # a smaller step for the budget sweep (docs/objectives.md): 32 three-letter words, one per scene, large
+    "w32": ReadingCurriculum(vocab_size=32, letters=(3, 3), words_per_scene=(1,), font_share=(0.4, 0.5), clutter=(0, 1)),
 }
 SCENE_KINDS: dict[str, SceneKind] = {
     "shapes": SceneKind(True, None),
