@@ -85,12 +85,13 @@ class _ChunkedHeadCrossEntropy(torch.autograd.Function):
         return grad_hidden * grad_out.to(grad_hidden.dtype), (grad_weight * grad_out).to(ctx.weight_dtype), None, None, None
 
 
-def token_loss_divisor(targets: torch.Tensor, num_items_in_batch: torch.Tensor | int | None) -> torch.Tensor:
+def token_loss_divisor(num_items_in_batch: torch.Tensor | int | None, batch_count: torch.Tensor | int,
+                       device: torch.device) -> torch.Tensor:
     """What the summed token loss is divided by: ``num_items_in_batch`` (the predicted tokens of the
     whole optimizer step, all ranks and accumulated micro-batches, as the Trainer counts them) or, without
-    it, this batch's own count (a plain mean). fp32 scalar on the targets' device; at least 1."""
-    count = targets.numel() if num_items_in_batch is None else num_items_in_batch
-    return torch.as_tensor(count, dtype=torch.float32, device=targets.device).clamp(min=1)
+    it, ``batch_count``, this batch's own count (a plain mean). fp32 scalar on ``device``; at least 1."""
+    count = batch_count if num_items_in_batch is None else num_items_in_batch
+    return torch.as_tensor(count, dtype=torch.float32, device=device).clamp(min=1)
 
 
 def chunked_head_cross_entropy(
@@ -111,7 +112,7 @@ def chunked_head_cross_entropy(
         valid = targets != -100
         hidden, targets = hidden[valid], targets[valid]  # [M, E], [M]
     device = hidden.device.type
-    divisor = token_loss_divisor(targets, num_items_in_batch)
+    divisor = token_loss_divisor(num_items_in_batch, targets.numel(), targets.device)
     if device == "meta":  # autocast knows no meta device; the count is the same in any dtype
         return _ChunkedHeadCrossEntropy.apply(hidden, weight, targets, chunk_rows, divisor)
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
@@ -187,7 +188,7 @@ def shifted_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
     summed, then divided by ``num_items_in_batch`` (or the count of predicted tokens)."""
     targets = labels[:, 1:].flatten()
     total = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets, ignore_index=-100, reduction="sum")
-    return total / token_loss_divisor(targets[targets != -100], num_items_in_batch)
+    return total / token_loss_divisor(num_items_in_batch, (targets != -100).sum(), targets.device)
 
 
 class Ov2ForCaptioning(Ov2PreTrainedModel, GenerationMixin):

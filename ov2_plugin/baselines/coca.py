@@ -30,7 +30,7 @@ from ..convert.open_clip_layout import release_position_table, vision_from_open_
 from ..modeling_vision import Ov2PreTrainedModel, Ov2VisionModel
 from .configuration import Ov2ObjectiveConfig
 from .contrastive import ObjectiveOutput
-from .losses import StepFeatures, gradient_share, rank_and_world_size, share_of_step
+from .losses import StepFeatures, gradient_share, rank_and_world_size, scored_features, share_of_step
 
 CAPTION_LOSS_WEIGHT, CLIP_LOSS_WEIGHT = 2.0, 1.0  # open_clip_train's --coca-*-loss-weight defaults
 
@@ -99,10 +99,7 @@ class CocaModel(Ov2PreTrainedModel):
         global batch as the other objectives (``losses.py``): the contrastive part with every rank's features
         (and every accumulated micro-batch's), the caption part's token sum divided by ``num_items_in_batch``."""
         out = self.coca(pixel_values, input_ids[:, : self.config.text_length])
-        image, texts, share = out["image_features"], [out["text_features"]], 1.0
-        if step_features is not None:
-            image, texts = step_features.around(image, texts)
-            share = 1.0 / step_features.micro_batches
+        image, texts, share = scored_features(step_features, out["image_features"], [out["text_features"]])
         rank, world_size = rank_and_world_size()
         pad = self.config.decoder_config.pad_token_id
         loss_fn = CoCaLoss(caption_loss_weight=CAPTION_LOSS_WEIGHT, clip_loss_weight=CLIP_LOSS_WEIGHT, pad_id=pad,

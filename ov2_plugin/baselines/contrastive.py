@@ -30,7 +30,7 @@ from transformers.utils import ModelOutput
 from ..modeling_captioner import Ov2ForCaptioning
 from ..modeling_vision import Ov2PreTrainedModel, Ov2VisionModel
 from .configuration import Ov2ObjectiveConfig
-from .losses import StepFeatures, contrastive_loss, gradient_share, share_of_step
+from .losses import StepFeatures, contrastive_loss, gradient_share, scored_features, share_of_step
 from .text_encoder import TextEncoder
 
 
@@ -88,11 +88,7 @@ class _ContrastiveBase(Ov2PreTrainedModel):
     def contrastive(self, pooled: torch.Tensor, input_ids: torch.Tensor, text_ids: list[torch.Tensor] | None,
                     num_items_in_batch=None, step_features: StepFeatures | None = None) -> torch.Tensor:
         """Mean contrastive loss of the image embedding against each caption, over the global batch."""
-        image, texts = self.features(pooled, input_ids, text_ids)
-        share = 1.0
-        if step_features is not None:
-            image, texts = step_features.around(image, texts)
-            share = 1.0 / step_features.micro_batches
+        image, texts, share = scored_features(step_features, *self.features(pooled, input_ids, text_ids))
         scale = gradient_share(self.logit_scale, share)
         bias = gradient_share(self.logit_bias, share) if self.logit_bias is not None else None
         losses = [contrastive_loss(self.config.contrastive_loss, image, t, scale, bias) for t in texts]

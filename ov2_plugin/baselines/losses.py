@@ -26,6 +26,8 @@ from torch import distributed as dist
 
 
 def rank_and_world_size() -> tuple[int, int]:
+    """The process group's rank and size, else (0, 1). Not ``data.sharding.distributed_rank_and_world``, which
+    also reads torchrun's environment: a gather needs an initialised group, not only a launcher."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -71,6 +73,16 @@ class StepFeatures:
         per_caption = [[t[c] for t in self.texts] for c in range(len(texts))]
         joined = [torch.cat([*cached[: self.index], fresh, *cached[self.index + 1:]]) for cached, fresh in zip(per_caption, texts)]
         return torch.cat(images), joined
+
+
+def scored_features(step: StepFeatures | None, image: torch.Tensor,
+                    texts: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor], float]:
+    """What the contrastive loss scores: this batch's features, or the whole step's with them in place; and
+    the share of a temperature's (or bias's) gradient each micro-batch passes back (1 / n)."""
+    if step is None:
+        return image, texts, 1.0
+    image, texts = step.around(image, texts)
+    return image, texts, 1.0 / step.micro_batches
 
 
 def gradient_share(parameter: torch.Tensor, share: float) -> torch.Tensor:

@@ -41,7 +41,7 @@ from ..data.aspect_scenes import (
 from ..llava.build import VIDEO_TOKEN
 from ..llava.chat import CHATML
 from .llava_pipeline import greedy_answers, make_language_model, pretrain_tower, run_pipeline, scene_index, start_beside
-from .run_folder import claim_output_dir
+from .run_folder import claim_output_dir, finished_runs, publish_results
 
 PATCH = 8  # the tiny preset's patch: a 32 px tile is a 4 x 4 grid
 TOWERS = ("pretrain", "random")
@@ -224,15 +224,11 @@ def main(argv: list[str] | None = None) -> dict:
     if child is not None and child.wait() != 0:
         raise RuntimeError(f"The {' and '.join(CHILD)} pipelines failed (exit {child.returncode}); see {out}/child.log.")
     wall["total"] = time.time() - t0
-    if not all((out / n / "eval.json").is_file() for n in VARIANTS):
+    runs = finished_runs(out, VARIANTS)
+    if runs is None:
         return {}
-    results = {"settings": cfg, "tower": args.tower, "baselines": baselines(cfg), "wall_s": wall}
-    for name in VARIANTS:
-        results[name] = json.loads((out / name / "eval.json").read_text())
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(markdown(results))
-    print(markdown(results))
-    return results
+    results = {"settings": cfg, "tower": args.tower, "baselines": baselines(cfg), "wall_s": wall, **runs}
+    return publish_results(out, results, markdown)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from ..data.instructions import QUESTION_TYPES, instruction_records, write_datas
 from ..data.scenes import make_scene
 from ..evaluation.scene_probe import ATTRIBUTES, probe_towers
 from .llava_pipeline import greedy_answers, make_language_model, pretrain_tower, run_pipeline, scene_index, start_beside
-from .run_folder import claim_output_dir
+from .run_folder import claim_output_dir, finished_runs, publish_results
 
 FULL = dict(
     image_size=64,
@@ -188,17 +188,13 @@ def main(argv: list[str] | None = None) -> dict:
     if control_run is not None and control_run.wait() != 0:
         raise RuntimeError(f"The random-tower pipeline failed (exit {control_run.returncode}); see {out}/random.log.")
     wall["total"] = time.time() - t0
-    if not all((out / n / "eval.json").is_file() for n in ("pretrained", "random")):
+    runs = finished_runs(out, ("pretrained", "random"))
+    if runs is None:
         return {}
-    results = {"settings": cfg, "tower": str(pretrained)}
-    for name in ("pretrained", "random"):
-        results[name] = json.loads((out / name / "eval.json").read_text())
-    results["wall_s"] = {"this process": wall["total"], **{n: results[n]["wall_s"] for n in ("pretrained", "random")}}
-    results["cpu_s"] = sum(results[n]["cpu_s"] for n in ("pretrained", "random"))
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(markdown(results))
-    print(markdown(results))
-    return results
+    results = {"settings": cfg, "tower": str(pretrained), **runs,
+               "wall_s": {"this process": wall["total"], **{n: r["wall_s"] for n, r in runs.items()}},
+               "cpu_s": sum(r["cpu_s"] for r in runs.values())}
+    return publish_results(out, results, markdown)
 
 
 if __name__ == "__main__":

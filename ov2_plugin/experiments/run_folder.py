@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..atomic_json import write_json_atomically
@@ -30,3 +30,21 @@ def claim_output_dir(out: Path, settings: dict, rerun: Iterable[str] = ()) -> No
         write_json_atomically(stamp, settings, indent=2)
     for name in rerun:
         (out / name / "eval.json").unlink(missing_ok=True)
+
+
+def finished_runs(out: Path, names: Iterable[str]) -> dict[str, dict] | None:
+    """Each run's ``eval.json`` in ``out``, once every one of ``names`` has written it (a side-by-side
+    process may still be running), else None."""
+    names = list(names)
+    if not all((out / n / "eval.json").is_file() for n in names):
+        return None
+    return {n: json.loads((out / n / "eval.json").read_text()) for n in names}
+
+
+def publish_results(out: Path, results: dict, markdown: Callable[[dict], str]) -> dict:
+    """``results.json`` and ``results.md`` in ``out``; the table is printed too."""
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    (out / "results.md").write_text(table)
+    print(table)
+    return results
