@@ -51,7 +51,8 @@ def test_killed_comparison_resumes_from_the_last_finished_unit(tmp_path):
         objectives.print = real_print
     assert all(p.stat().st_mtime_ns == t for p, t in done.items())  # finished units were not redone
     assert sum("already done" in line for line in log) == len(done)
-    assert {"caption", "clip"} == set(result["summary"])
+    assert {"caption", "clip", "random"} == set(result["summary"])  # the untrained tower's probes: the floor
+    assert set(result["runs"]["seed0"]["random"]) == {"probe"} and "random tower (untrained)" in (out / "compare.md").read_text()
     for name in ("compare.json", "compare.md", "compare.png"):
         assert (out / name).stat().st_size > 0
     runs = result["runs"]["seed0"]
@@ -99,7 +100,7 @@ def test_llava_runs_only_for_the_chosen_seeds(tmp_path):
     labels = [label for label, _, _ in plan(recipe, [0, 1, 2], tmp_path, llava_seeds=[0])]
     assert sum(label.endswith(": LLaVA") for label in labels) == len(recipe["objectives"])
     assert all(label.startswith("seed 0") for label in labels if label.endswith((": LLaVA", ": language model")))
-    assert sum(label.endswith(": probes") for label in labels) == 3 * len(recipe["objectives"])
+    assert sum(label.endswith(": probes") for label in labels) == 3 * (len(recipe["objectives"]) + 1)  # + the random tower
     assert len(plan(recipe, [0, 1, 2], tmp_path)) - len(labels) == 2 * (1 + len(recipe["objectives"]))
     assert _cell({"mean": 0.5, "std": 0.0, "n": 1}, seeds=3) == "0.500 (n=1)"
     assert _cell({"mean": 0.5, "std": 0.1, "n": 3}, seeds=3) == "0.500 ± 0.100"

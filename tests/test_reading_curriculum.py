@@ -92,27 +92,26 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z]+", text))
 
 
-def test_held_out_words_never_appear_in_curriculum_training_captions_or_questions():
+@pytest.mark.parametrize("kind", [load_comparison_recipe("cpu-reading")["pretrain"]["scene_kind"], "mixed-cpu"])
+def test_held_out_words_never_appear_in_curriculum_training_captions_or_questions(kind):
     from ov2_plugin.experiments.evaluation import held_out_questions
 
     held_out = set(reading_words()["held_out"])  # every held-out word, of any length
-    recipe = load_comparison_recipe("cpu-reading")
-    kind = recipe["pretrain"]["scene_kind"]
-    assert kind == "mixed-cpu"
+    words = curriculum_words(curriculum_of(kind))
     seen = set()
     data = SceneCaptions(400, 16, transform=lambda image: torch.zeros(1), kind=kind)  # what pretraining reads
     for i in range(len(data)):
         seen |= _words(data[i]["caption"])
     seen |= {w for i in range(3000) for w in _words(scene_of(kind, 0, i).caption)}  # the same, without pixels
-    records = [*caption_records(0, 2000, scenes=kind), *instruction_records(0, 2000, scenes=kind)]  # LLaVA's data
-    seen |= {w for r in records for turn in r["conversations"] for w in _words(turn["value"])}
-    assert len(seen & set(curriculum_words(CPU)["train"])) > 200 and not seen & held_out
+    records = [*caption_records(0, 2000, scenes=mixed_kind(kind)), *instruction_records(0, 2000, scenes=mixed_kind(kind))]
+    seen |= {w for r in records for turn in r["conversations"] for w in _words(turn["value"])}  # LLaVA's data
+    assert len(seen & set(words["train"])) >= min(200, len(words["train"])) and not seen & held_out
     # the evaluation's seen-word questions draw training words, the unseen ones held-out words only
     questions = held_out_questions(300, kind)
     for task, split in (("letter_seen", "train"), ("letter_unseen", "held_out")):
         drawn = {w for t, r in questions if t == task for w in scene_of(r["scene_kind"], 1, int(r["id"].split("-")[1]),
                                                                       r["split"]).words}
-        assert drawn and drawn <= set(curriculum_words(CPU)[split]), task
+        assert drawn and drawn <= set(words[split]), task
 
 
 def test_cpu_reading_budgets_are_equal_counted_flops_within_one_percent():
@@ -172,7 +171,16 @@ def test_budget_sweep_pretrains_probes_and_tabulates_each_budget(tmp_path, monke
     from ov2_plugin.experiments import reading_budget
 
     def fake_pretrain(recipe, objective, seed, steps, step_flops, tower):
-        reading_budget.save_untrained(recipe, objective, seed, tower)
+        from transformers import set_seed
+
+        from ov2_plugin.experiments.objectives import model_arguments
+        from ov2_plugin.image_processing import make_image_processor
+        from ov2_plugin.pretrain import build_model
+
+        set_seed(seed)
+        model = build_model(model_arguments(recipe, objective))
+        model.save_pretrained(tower)  # a whole captioner and its processor, as run_pretrain writes
+        make_image_processor(model.config.vision_config).save_pretrained(tower)
         return {"steps": steps, "step_flops": step_flops, "train_flops": step_flops * steps, "wall_s": 0.1,
                 "train_loss": 9.0}
 
@@ -185,6 +193,9 @@ def test_budget_sweep_pretrains_probes_and_tabulates_each_budget(tmp_path, monke
     assert list(result["towers"]) == ["random", "steps1", "steps2"]
     assert result["towers"]["steps2"]["pretrain"]["train_flops"] == 2 * result["towers"]["steps1"]["pretrain"]["train_flops"] > 0
     assert set(result["majority"]) == {"reading_seen", "reading_unseen", "reading_word_seen"}
+    captions = result["towers"]["steps2"]["captions"]  # the captioner's own reading, counted from its greedy captions
+    assert captions["scenes"] == 100 and 0 <= captions["seen"]["word_named"] <= captions["seen"]["first_letter"] <= 1
+    assert "captions" not in result["towers"]["random"]  # the untrained tower has no decoder to caption with
     table = (out / "reading_budget.md").read_text()
     assert "| steps2 | 2 |" in table and "| majority answer |" in table
     assert json.loads((out / "reading_budget.json").read_text())["recipe"]["pretrain"]["scene_kind"] == "mixed-cpu"
@@ -204,3 +215,23 @@ def test_llava_data_of_the_recipe_shows_its_curriculum(tmp_path):
     scene = scene_of("mixed-cpu", 0, int(reading[0]["id"].split("-")[1]))
     assert reading[0]["conversations"][1]["value"] == scene.words[0][0] and scene.words[0] in curriculum_words(CPU)["train"]
     assert _record_scene({**reading[0], "split": "held_out"}).words[0] in curriculum_words(CPU)["held_out"]
+
+
+def test_spelled_captions_name_each_letter_and_no_word():
+    scene = scene_of("reading-s32", 0, 1)
+    assert scene.caption == f'the word "{" ".join(scene.words[0])}" is written in {scene.colour}.'
+    plain = scene_of("reading-w32", 0, 1)  # the same words and pictures, captions unspelled
+    assert plain.words == scene.words and plain.caption == f'the word "{scene.words[0]}" is written in {scene.colour}.'
+    assert plain.render(64).tobytes() == scene.render(64).tobytes()
+
+
+def test_reading_ceiling_trains_the_tower_on_the_word_and_scores_new_scenes(tmp_path):
+    from ov2_plugin.experiments import reading_ceiling
+
+    result = reading_ceiling.main(["--recipe", "micro", "--scene_kind", "reading-w32", "--steps", "2", "--eval_every", "1",
+                                   "--readout", "token_ln", "--output_dir", str(tmp_path)])
+    assert [p["step"] for p in result["curve"]] == [1, 2] and result["words"] == 32 and result["readout"] == "token_ln"
+    assert all(0 <= p["word_accuracy"] <= 1 for p in result["curve"]) and 0 < result["majority"] < 1
+    assert json.loads((tmp_path / "reading_ceiling.json").read_text())["curve"] == result["curve"]
+    with pytest.raises(ValueError, match="no limited vocabulary"):
+        reading_ceiling.main(["--recipe", "micro", "--scene_kind", "reading", "--steps", "1", "--output_dir", str(tmp_path)])

@@ -77,6 +77,9 @@ class ReadingCurriculum:
         words_per_scene: the word counts a scene draws from, uniformly.
         font_share: font size range as a share of the image side (shrunk until the word fits).
         clutter: fewest and most clutter strokes behind the words.
+        spell: captions spell each word, letter by letter ('the word "c a t" is ...'), one caption
+            token per letter: a letter is then something the caption names (what the word was before
+            would give away the letters after it, under teacher forcing).
     """
 
     vocab_size: int | None = None
@@ -84,6 +87,7 @@ class ReadingCurriculum:
     words_per_scene: tuple[int, ...] = (1, 2, 3)
     font_share: tuple[float, float] = (0.14, 0.25)
     clutter: tuple[int, int] = (2, 5)
+    spell: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,18 +98,19 @@ class SceneKind:
     curriculum: str | None
 
 
-# Curricula by name. ``cpu``: meant to be learnable by the quickstart-sized tower on 2 cores (``ov2 compare
-# --recipe cpu-reading``; not yet measured): 256 words of 3-4 letters (each seen ~90 times at that recipe's
-# provisional 1000 steps of 32, half of them reading scenes), 1-2 per scene, font 18-29 px at 64 px (4-letter
-# words shrink to ~19 px to fit) against 9-16 px by default, so a letter spans about 2x2 patches of 8 px;
-# 1-3 clutter strokes.
+# Curricula by name (measured in docs/objectives.md, "cpu-reading"). ``cpu``: 256 words of 3-4 letters, 1-2 per
+# scene, font 18-29 px at 64 px, 1-3 clutter strokes; too hard for the quickstart-sized tower on 2 cores (no
+# objective's tower read beyond a random one's in 2000 caption steps). ``w32``: 32 three-letter words, one per
+# scene, font 40-50 % of the side, at most one clutter stroke: what ``ov2 compare --recipe cpu-reading`` trains on.
+# ``s32``: ``w32``'s scenes with spelled captions.
 DEFAULT_CURRICULUM = ReadingCurriculum()
 CURRICULA: dict[str, ReadingCurriculum] = {
     "default": DEFAULT_CURRICULUM,
     "cpu": ReadingCurriculum(vocab_size=256, letters=(3, 4), words_per_scene=(1, 2), font_share=(0.28, 0.45),
                              clutter=(1, 3)),
-    # a smaller step for the budget sweep (docs/objectives.md): 32 three-letter words, one per scene, large
     "w32": ReadingCurriculum(vocab_size=32, letters=(3, 3), words_per_scene=(1,), font_share=(0.4, 0.5), clutter=(0, 1)),
+    "s32": ReadingCurriculum(vocab_size=32, letters=(3, 3), words_per_scene=(1,), font_share=(0.4, 0.5), clutter=(0, 1),
+                             spell=True),
 }
 SCENE_KINDS: dict[str, SceneKind] = {
     "shapes": SceneKind(True, None),
@@ -169,10 +174,11 @@ class ReadingScene:
     background: tuple[int, int, int]
     layout: tuple[tuple[float, float, float], ...]  # per word: font size / side, x in [0, 1] of the free width, y jitter
     clutter: tuple[tuple, ...]  # (kind, x0, y0, x1, y1, rgb) in fractions of the side
+    spelled: bool = False  # the caption spells each word
 
     @property
     def caption(self) -> str:
-        quoted = [f'"{w}"' for w in self.words]
+        quoted = [f'"{" ".join(w) if self.spelled else w}"' for w in self.words]
         if len(quoted) == 1:
             return f"the word {quoted[0]} is written in {self.colour}."
         listed = ", ".join(quoted[:-1]) + f" and {quoted[-1]}"
@@ -204,7 +210,7 @@ def make_reading_scene(seed: int, index: int, split: str = "train",
         x0, y0 = rng.random(), rng.random()
         x1, y1 = x0 + rng.uniform(-0.4, 0.4), y0 + rng.uniform(-0.4, 0.4)
         clutter.append((kind, x0, y0, x1, y1, tuple(rng.randint(60, 255) for _ in range(3))))
-    return ReadingScene(words, colour, background, layout, tuple(clutter))
+    return ReadingScene(words, colour, background, layout, tuple(clutter), curriculum.spell)
 
 
 def render_reading_scene(scene: ReadingScene, size: int = 64) -> Image.Image:

@@ -107,6 +107,21 @@ def run_pretrain(recipe: dict, objective: str, seed: int, steps: int, step_flops
             "peak_mb": memory.peak_mb, "peak_rise_mb": memory.rise_mb, "memory_kind": memory.kind}
 
 
+def save_untrained(recipe: dict, objective: str, seed: int, out: Path) -> dict:
+    """The model a run with ``seed`` starts from (``run_pretraining`` seeds before building), saved as a tower."""
+    from transformers import set_seed
+
+    from ..image_processing import make_image_processor
+    from ..pretrain import build_model
+
+    set_seed(seed)
+    model = build_model(model_arguments(recipe, objective))
+    tower = model.vision_model if objective == "caption" else model.encoder  # baselines expose their ViT as encoder
+    tower.save_pretrained(out)
+    make_image_processor(model.config.vision_config).save_pretrained(out)
+    return {"steps": 0}
+
+
 def plan(recipe: dict, seeds: list[int], out: Path, llava_seeds: list[int] | None = None) -> list[tuple[str, Path, callable]]:
     """Every unit of the comparison in order: (label, record path, function returning the record).
 
@@ -128,6 +143,10 @@ def plan(recipe: dict, seeds: list[int], out: Path, llava_seeds: list[int] | Non
             units.append((f"seed {seed}: language model", root / "lm.json",
                           lambda lm=lm, seed=seed: (make_language_model(lm, {**recipe["llava"], "seed": seed},
                                                                         reading_vocabulary()), {})[1]))
+        random = root / "random" / "tower"  # the floor every tower is read against: the caption model untrained
+        units.append((f"seed {seed}: random tower: probes", root / "random" / "probe.json",
+                      lambda seed=seed, random=random: (in_child(save_untrained, recipe, "caption", seed, random),
+                                                        evaluation.probes(random, recipe["probe"], kind))[1]))
         for o in recipe["objectives"]:
             d, tower = root / o, root / o / "tower"
 
@@ -168,11 +187,12 @@ def run_units(units: list, log=print) -> None:
 
 
 def collect(out: Path, recipe: dict) -> dict:
-    """runs[seed][objective][unit] from the records on disk (every finished seed folder)."""
+    """runs[seed][objective][unit] from the records on disk (every finished seed folder); ``random``: the
+    untrained tower's probes."""
     runs = {}
     for seed_dir in sorted(out.glob("seed*")):
         per = {}
-        for o in recipe["objectives"]:
+        for o in [*recipe["objectives"], "random"]:
             records = {u: json.loads((seed_dir / o / f"{u}.json").read_text())
                        for u in ("pretrain", "probe", "retrieval", "llava") if (seed_dir / o / f"{u}.json").is_file()}
             if records:

@@ -7,7 +7,9 @@ model, optimiser and data, ``pretrain.run_pretraining`` as ``ov2 compare`` calls
 steps, and probes every tower, plus the same model untrained (``random``: the weights each run starts
 from), on the recipe's reading scenes: the first three letters of the first word on new scenes of
 training words (``reading_seen``) and of held-out words (``reading_unseen``), and the whole first word
-among the curriculum's training words (``reading_word_seen``), each beside the majority answer. Writes
+among the curriculum's training words (``reading_word_seen``), each beside the majority answer; for the
+``caption`` objective also the captioner's own reading (``captions``): greedy captions of new scenes of
+training and of held-out words, and how often they name the first word and its first letter. Writes
 ``reading_budget.json`` and ``reading_budget.md`` in ``--output_dir``. Resumable as ``ov2 compare``:
 each finished pretraining and probe leaves a record, a rerun (with more ``--steps`` too) redoes only
 what is missing.
@@ -17,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
-from ..data.reading import SCENE_KINDS, reading_kind
-from .objectives import count_flops, in_child, model_arguments, run_pretrain, run_units
+from ..data.reading import SCENE_KINDS, reading_kind, scene_of
+from .objectives import count_flops, in_child, run_pretrain, run_units, save_untrained
 from .recipes import load_comparison_recipe
 from .run_folder import claim_output_dir
 
@@ -44,27 +47,35 @@ def budget_recipe(recipe: dict, objective: str, scene_kind: str | None = None, i
     return recipe
 
 
-def save_untrained(recipe: dict, objective: str, seed: int, out: Path) -> dict:
-    """The model a run with ``seed`` starts from (``run_pretraining`` seeds before building), saved as a tower."""
-    from transformers import set_seed
-
-    from ..image_processing import make_image_processor
-    from ..pretrain import build_model
-
-    set_seed(seed)
-    model = build_model(model_arguments(recipe, objective))
-    tower = model.vision_model if objective == "caption" else model.encoder  # baselines expose their ViT as encoder
-    tower.save_pretrained(out)
-    make_image_processor(model.config.vision_config).save_pretrained(out)
-    return {"steps": 0}
-
-
 def probe(tower: Path, recipe: dict) -> dict:
     from ..evaluation.scene_probe import probe_reading
 
     result = probe_reading({"t": tower}, recipe["probe"]["train_scenes"], recipe["probe"]["test_scenes"],
                            kind=reading_kind(recipe["pretrain"]["scene_kind"]))
     return {**result["towers"]["t"], "majority": result["majority"]}
+
+
+def caption_reading(model_dir: Path, recipe: dict, num_scenes: int = 100) -> dict:
+    """{split: {'word_named', 'first_letter'}}: greedy captions (``ov2 caption``'s decoding) of ``num_scenes`` new
+    reading scenes per split (the probes' test stream), read as the first quoted text of the caption
+    (letters joined, so spelled captions count too), against the scene's first word."""
+    import torch
+
+    from ..caption import caption_images
+    from ..loading import load_captioner
+
+    model = load_captioner(model_dir).eval()
+    size, kind, out = model.config.vision_config.image_size, reading_kind(recipe["pretrain"]["scene_kind"]), {}
+    for split in ("train", "held_out"):
+        scenes = [scene_of(kind, 1, i, split) for i in range(num_scenes)]
+        with torch.no_grad():
+            captions = caption_images(model, [s.render(size) for s in scenes], max_new_tokens=32)
+        read = ["".join(m.group(1).split()) if (m := re.search(r'"([^"]*)"', c)) else "" for c in captions]
+        out["seen" if split == "train" else "unseen"] = {
+            "word_named": sum(s.words[0] == r for s, r in zip(scenes, read)) / num_scenes,
+            "first_letter": sum(s.words[0][0] == r[:1] for s, r in zip(scenes, read)) / num_scenes,
+            "examples": [[s.words[0], c] for s, c in list(zip(scenes, captions))[:5]]}
+    return {**out, "scenes": num_scenes}
 
 
 def plan(recipe: dict, objective: str, steps: list[int], seed: int, out: Path) -> list[tuple[str, Path, callable]]:
@@ -83,6 +94,8 @@ def plan(recipe: dict, objective: str, steps: list[int], seed: int, out: Path) -
 
         units.append((f"{n} steps: pretrain", d / "pretrain.json", pretrain))
         units.append((f"{n} steps: probes", d / "probe.json", lambda d=d: probe(d / "tower", recipe)))
+        if objective == "caption":
+            units.append((f"{n} steps: captions", d / "captions.json", lambda d=d: caption_reading(d / "tower", recipe)))
     return units
 
 
@@ -90,8 +103,8 @@ def collect(out: Path) -> dict:
     """{'majority': {...}, 'towers': {name: {'pretrain', 'probe'}}} from the records on disk: the untrained
     tower and every finished budget, this call's and earlier ones' (a folder gathers budgets over reruns)."""
     budgets = sorted((d for d in out.glob("steps*") if (d / "probe.json").is_file()), key=lambda d: int(d.name[5:]))
-    towers = {d.name: {u: json.loads((d / f"{u}.json").read_text()) for u in ("pretrain", "probe")}
-              for d in [out / "random", *budgets]}
+    towers = {d.name: {u: json.loads((d / f"{u}.json").read_text()) for u in ("pretrain", "probe", "captions")
+                       if (d / f"{u}.json").is_file()} for d in [out / "random", *budgets]}
     return {"majority": towers["random"]["probe"]["majority"], "towers": towers}
 
 
@@ -101,17 +114,20 @@ def markdown(results: dict, recipe: dict, objective: str) -> str:
     lines = [f"Objective {objective}, data {recipe['pretrain']['scene_kind']}, {recipe['model']['image_size']} px, "
              f"batch {recipe['pretrain']['batch']}; probes: {recipe['probe']['train_scenes']} / "
              f"{recipe['probe']['test_scenes']} scenes.", "",
-             f"| tower | steps | training TFLOPs | pretraining s | final loss | {cells} |",
-             "|---" * (5 + 2 * len(tasks)) + "|"]
+             f"| tower | steps | training TFLOPs | pretraining s | final loss | {cells} | captions name the word: "
+             "seen / unseen | first letter: seen / unseen |", "|---" * (7 + 2 * len(tasks)) + "|"]
     for name, r in results["towers"].items():
         p = r["pretrain"]
         tflops = f"{p['train_flops'] / 1e12:.2f}" if "train_flops" in p else "0"
         wall = f"{p['wall_s']:.0f}" if "wall_s" in p else "—"
         loss = f"{p['train_loss']:.3f}" if p.get("train_loss") is not None else "—"
         accs = " | ".join(f"{r['probe'][v][t]:.3f}" for t in tasks for v in ("patch", "pooled"))
-        lines.append(f"| {name} | {p['steps']} | {tflops} | {wall} | {loss} | {accs} |")
+        c = r.get("captions")
+        named = f"{c['seen']['word_named']:.2f} / {c['unseen']['word_named']:.2f}" if c else "—"
+        first = f"{c['seen']['first_letter']:.2f} / {c['unseen']['first_letter']:.2f}" if c else "—"
+        lines.append(f"| {name} | {p['steps']} | {tflops} | {wall} | {loss} | {accs} | {named} | {first} |")
     majority = [cell for t in tasks for cell in (f"{results['majority'][t]:.3f}", "")]  # under the patch column
-    lines.append("| majority answer | | | | | " + " | ".join(majority) + " |")
+    lines.append("| majority answer | | | | | " + " | ".join(majority) + " | | |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,7 +11,7 @@ PROBE_TASKS = ("reading_seen", "reading_unseen", "count", "colour", "position", 
 OPTIONAL_PROBE_TASKS = ("reading_word_seen",)
 LLAVA_TASKS = ("letter_seen", "letter_unseen", "count", "colour", "position", "presence", "choice", "word")
 NAMES = {"caption": "OpenVision 2 (caption only)", "openvision": "OpenVision-1 style", "clip": "CLIP style (sigmoid)",
-         "coca": "CoCa (open_clip)"}
+         "coca": "CoCa (open_clip)", "random": "random tower (untrained)"}
 
 
 def _spread(values: list[float]) -> dict:
@@ -78,7 +78,8 @@ def markdown(summary: dict, settings: dict, majority: dict | None = None) -> str
              + " | ".join(f"probe {t}" for t in tasks) + " |", "|---" * (5 + len(tasks)) + "|"]
     for o, s in summary.items():
         c = s["cost"]
-        tflops = {**c["train_flops"], "mean": c["train_flops"]["mean"] / 1e12, "std": (c["train_flops"]["std"] or 0) / 1e12}
+        flops = c["train_flops"]  # none for the untrained tower
+        tflops = flops if flops["mean"] is None else {**flops, "mean": flops["mean"] / 1e12, "std": (flops["std"] or 0) / 1e12}
         lines.append(f"| {NAMES.get(o, o)} | {_cell(c['steps'], 0, seeds)} | {_cell(tflops, 2)} | {_cell(c['wall_s'], 0)} | "
                      f"{_cell(c['peak_mb'], 0)} | " + " | ".join(_cell(s["probe_patch"][t], seeds=seeds) for t in tasks) + " |")
     if majority:
@@ -91,6 +92,8 @@ def markdown(summary: dict, settings: dict, majority: dict | None = None) -> str
               "| objective | " + " | ".join(LLAVA_TASKS) + " | image→text | text→image |",
               "|---" * (3 + len(LLAVA_TASKS)) + "|"]
     for o, s in summary.items():
+        if all(v["mean"] is None for v in [*s["llava"].values(), *s["retrieval"].values()]):
+            continue  # the untrained tower: probes only
         lines.append(f"| {NAMES.get(o, o)} | " + " | ".join(_cell(s["llava"][t], seeds=seeds) for t in LLAVA_TASKS) + " | "
                      + " | ".join(_cell(s["retrieval"][k], seeds=seeds) for k in ("image_to_text_r1", "text_to_image_r1")) + " |")
     return "\n".join(lines) + "\n"
@@ -111,6 +114,8 @@ def plot(summary: dict, path: Path) -> None:
     for ax, task in zip(axes.flat, tasks):
         for o, s in summary.items():
             x, y = s["cost"]["wall_s"], s["probe_patch"][task]
+            if x["mean"] is None and y["mean"] is not None:  # the untrained tower: no cost, a floor
+                ax.axhline(y["mean"], color="grey", linestyle="--", label=NAMES.get(o, o))
             if x["mean"] is None or y["mean"] is None:
                 continue
             ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt="o", capsize=3, label=NAMES.get(o, o))
