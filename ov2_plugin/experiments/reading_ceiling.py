@@ -30,14 +30,14 @@ import torch
 
 from ..atomic_json import write_json_atomically
 from ..data.reading import SCENE_KINDS, curriculum_of, curriculum_words, reading_kind, scene_of
+from ..data.transforms import eval_transform
 from .objectives import model_arguments
+from .reading_budget import budget_recipe
 from .recipes import load_comparison_recipe
 
 
 def scene_batch(kind: str, seed: int, start: int, count: int, size: int, vocab: dict[str, int]):
     """Pixels and first-word classes of reading scenes ``start .. start + count`` of stream ``seed``."""
-    from ..data.transforms import eval_transform
-
     transform = eval_transform(size)
     scenes = [scene_of(kind, seed, i) for i in range(start, start + count)]
     return torch.stack([transform(s.render(size)) for s in scenes]), torch.tensor([vocab[s.words[0]] for s in scenes])
@@ -52,6 +52,8 @@ def train_ceiling(recipe: dict, steps: int, seed: int = 0, eval_every: int = 100
 
     from ..pretrain import build_model
 
+    if readout not in READOUTS:
+        raise ValueError(f"Unknown readout {readout!r}; use one of {', '.join(READOUTS)}.")
     kind = reading_kind(recipe["pretrain"]["scene_kind"])
     if curriculum_of(kind).vocab_size is None:
         raise ValueError(f"Scene kind {kind!r} has no limited vocabulary to name; use a curriculum kind such as reading-w32.")
@@ -59,8 +61,6 @@ def train_ceiling(recipe: dict, steps: int, seed: int = 0, eval_every: int = 100
     size, batch = recipe["model"]["image_size"], recipe["pretrain"]["batch"]
     set_seed(seed)
     tower = build_model(model_arguments(recipe, "caption")).vision_model  # the weights a caption run with this seed starts from
-    if readout not in READOUTS:
-        raise ValueError(f"Unknown readout {readout!r}; use one of {', '.join(READOUTS)}.")
     width = tower.config.hidden_size
     head, norm = torch.nn.Linear(width, len(vocab)), torch.nn.LayerNorm(width, eps=tower.config.layer_norm_eps)
     optimiser = torch.optim.AdamW([*tower.parameters(), *head.parameters(), *norm.parameters()],
@@ -104,8 +104,6 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--eval_every", type=int, default=100)
     p.add_argument("--readout", default="mean", choices=READOUTS, help="What the head reads (see above).")
     args = p.parse_args(argv)
-    from .reading_budget import budget_recipe
-
     recipe = budget_recipe(load_comparison_recipe(args.recipe), "caption", args.scene_kind, patch_size=args.patch_size)
     result = {"recipe": recipe, "seed": args.seed, **train_ceiling(recipe, args.steps, args.seed, args.eval_every, readout=args.readout)}
     args.output_dir.mkdir(parents=True, exist_ok=True)
